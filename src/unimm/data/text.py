@@ -5,7 +5,7 @@ Notable choices:
 - Captions name every object's size, colour, shape and cell, so a caption can be parsed back
   into a scene and compared exactly (caption correctness without a learned metric).
 - Questions refer to objects by the *shortest unique* description ("the circle", "the red
-  circle", "the large red circle", "the shape at the top left"), as people do; a question is
+  circle", "the large red circle", "the object in the top left"), as people do; a question is
   only asked when such a reference exists, so every answer is true of its scene.
 - Yes/no kinds (relation, existence, compare) pick the answer first, then build the question,
   so yes and no are balanced by construction.
@@ -104,7 +104,8 @@ def caption(scene: Scene, rng: random.Random | None = None, style: int | None = 
         return "An empty picture."
     if style is None:
         style = 0 if rng is None else rng.randrange(len(CAPTION_STYLES))
-    return CAPTION_STYLES[style](scene, rng)
+    text = CAPTION_STYLES[style](scene, rng)
+    return text[0].upper() + text[1:]
 
 
 _POS_ALIASES = [
@@ -168,25 +169,23 @@ def _matches(o: Obj, attrs: dict) -> bool:
 
 def _ref_text(attrs: dict) -> str:
     words = [attrs[k] for k in ("size", "color") if k in attrs]
-    words.append(attrs.get("shape", "shape"))
+    words.append(attrs.get("shape", "object"))
     return " ".join(words)
 
 
 def refer(scene: Scene, o: Obj, avoid: str | None = None) -> str | None:
     """Shortest unique description of `o`, not using attribute `avoid`; None if there is none.
 
-    Falls back to its cell ("shape at the top left") unless avoid == "position".
+    Falls back to its cell ("object in the top left") unless avoid == "position".
     """
     for attrs in _REF_ATTRS:
         if avoid in attrs:
             continue
         d = {k: getattr(o, k) for k in attrs}
-        if "shape" not in d and not d:
-            continue
         if sum(_matches(p, d) for p in scene.objects) == 1:
             return _ref_text(d)
     if avoid != "position":
-        return f"shape {pos_phrase(o.cell)}"
+        return f"object {pos_phrase(o.cell)}"
     return None
 
 
@@ -238,10 +237,9 @@ def _holds(a: Obj, rel: str, b: Obj) -> bool:
             "above": a.row < b.row, "below": a.row > b.row}[rel]
 
 
-def _q_relation(scene, rng):
+def _q_relation(scene, rng, want):
     if len(scene.objects) < 2:
         return None
-    want = rng.random() < 0.5
     cands = [(a, r, b) for a in scene.objects for b in scene.objects if a is not b
              for r in RELATIONS if _holds(a, r, b) == want]
     rng.shuffle(cands)
@@ -252,8 +250,7 @@ def _q_relation(scene, rng):
     return None
 
 
-def _q_existence(scene, rng):
-    want = rng.random() < 0.5
+def _q_existence(scene, rng, want):
     keys = rng.choice((("color", "shape"), ("size", "shape"), ("size", "color", "shape")))
     if want:
         o = rng.choice(scene.objects)
@@ -279,15 +276,16 @@ def _q_identify(scene, rng):
     return q, o.describe() if o else "nothing"
 
 
-def _q_compare(scene, rng):
+def _q_compare(scene, rng, want):
     if len(scene.objects) < 2:
         return None
-    attr = rng.choice(("color", "shape", "size"))
-    want = rng.random() < 0.5
-    pairs = [(a, b) for i, a in enumerate(scene.objects) for b in scene.objects[i + 1:]
+    # Search every attribute so that both answers are possible in almost every scene (fixing
+    # the attribute first skews towards "no").
+    cands = [(attr, a, b) for attr in ("color", "shape", "size")
+             for i, a in enumerate(scene.objects) for b in scene.objects[i + 1:]
              if (getattr(a, attr) == getattr(b, attr)) == want]
-    rng.shuffle(pairs)
-    for a, b in pairs:
+    rng.shuffle(cands)
+    for attr, a, b in cands:
         ra, rb = refer(scene, a, avoid=attr), refer(scene, b, avoid=attr)
         if ra and rb:
             return f"Do the {ra} and the {rb} have the same {attr}?", "yes" if want else "no"
@@ -302,13 +300,23 @@ _QUESTION_FNS = {
 assert tuple(_QUESTION_FNS) == QUESTION_KINDS
 
 
-def question(scene: Scene, rng: random.Random, kind: str | None = None) -> QA | None:
+YES_NO_KINDS: tuple[str, ...] = ("relation", "existence", "compare")
+
+
+def question(scene: Scene, rng: random.Random, kind: str | None = None,
+             want: bool | None = None) -> QA | None:
     """One question of `kind` (random kind if None) with its exact answer, or None if that
-    kind cannot be asked unambiguously about this scene."""
+    kind cannot be asked unambiguously about this scene. For yes/no kinds `want` fixes the
+    answer (random if None); callers that need exact balance pass it and change the scene."""
     kind = kind or rng.choice(QUESTION_KINDS)
+    if kind not in _QUESTION_FNS:
+        raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(QUESTION_KINDS)}")
     if not scene.objects and kind not in ("count", "existence", "identify"):
         return None
-    out = _QUESTION_FNS[kind](scene, rng)
+    if kind in YES_NO_KINDS:
+        out = _QUESTION_FNS[kind](scene, rng, rng.random() < 0.5 if want is None else want)
+    else:
+        out = _QUESTION_FNS[kind](scene, rng)
     return None if out is None else QA(kind, out[0], out[1])
 
 
@@ -387,9 +395,8 @@ def edit(scene: Scene, rng: random.Random, kind: str | None = None,
         cell = rng.choice(free)
         xs, ys = jitter_range(n, cell, o.size)
         new = Obj(cell, o.shape, o.color, o.size, rng.choice(xs), rng.choice(ys))
-        instr = rng.choice(("Move the {r} {p}.", "Put the {r} {p} instead."))
-        instr = instr.format(r=ref, p=pos_phrase(cell, rng).replace("in the ", "to the ")
-                             .replace("at the ", "to the ").replace("on the ", "to the "))
+        instr = rng.choice(("Move the {r} to the {c}.", "Put the {r} {p} instead."))
+        instr = instr.format(r=ref, c=CELL_NAMES[cell], p=pos_phrase(cell, rng))
     elif kind == "resize":
         size = "small" if o.size == "large" else "large"
         x, y = recentre(n, o, size)

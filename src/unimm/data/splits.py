@@ -1,0 +1,193 @@
+"""ShapesWorld splits and task examples.
+
+- train / val / test are disjoint by seed: example i of a split uses seed OFFSET[split] + i
+  (offsets 1e9 apart), and every task draws from its own stream of that seed.
+- Compositional hold-out: HOLDOUT_PAIRS (colour, shape) are never *generation or editing
+  targets* in training (mode "generation", the default): text-to-image scenes, GenEval-style
+  prompt targets and edit sources/targets of the train split are sampled without them, while
+  captioning and VQA scenes may contain them. This measures whether what a model learned by
+  seeing transfers to drawing. Mode "strict": they never appear in training at all. Mode "none":
+  no hold-out. Val and test are unconstrained, so hold-out pairs are evaluated there.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ..eval.geneval import CATEGORIES, GenevalPrompt, sample_prompt, target_scene
+from .shapes import (DEFAULT_IMAGE_SIZE, HOLDOUT_PAIRS, Scene, check_image_size, render,
+                     sample_scene)
+from .text import EDIT_KINDS, QUESTION_KINDS, Edit, caption, edit, question
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
+SPLIT_SIZE = 1_000_000_000
+TASKS: tuple[str, ...] = ("caption", "vqa", "t2i", "edit")
+_STREAM = {"scene": 0, "caption": 1, "vqa": 2, "t2i": 3, "edit": 4, "geneval": 5}
+HoldoutMode = Literal["generation", "strict", "none"]
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """What the world looks like and what training may see."""
+
+    image_size: int = DEFAULT_IMAGE_SIZE
+    holdout: HoldoutMode = "generation"
+    geneval_prompt_frac: float = 0.3     # share of t2i examples using short GenEval-style prompts
+
+    def __post_init__(self):
+        check_image_size(self.image_size)
+        if self.holdout not in ("generation", "strict", "none"):
+            raise ValueError(f"holdout must be 'generation', 'strict' or 'none', got {self.holdout!r}")
+        if not 0.0 <= self.geneval_prompt_frac <= 1.0:
+            raise ValueError("geneval_prompt_frac must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training/eval example. Inputs: `image` and/or `text`; outputs: `target_text` or
+    `target_image`. Scenes are kept for judging."""
+
+    task: str
+    index: int
+    text: str
+    image: np.ndarray | None = None
+    target_text: str | None = None
+    target_image: np.ndarray | None = None
+    scene: Scene | None = None
+    target_scene: Scene | None = None
+    kind: str | None = None               # question kind / edit kind / GenEval category
+    meta: dict = field(default_factory=dict)
+
+
+CAPTION_PROMPT = "Describe the picture."
+
+
+class ShapesWorld:
+    """Deterministic, index-addressable ShapesWorld split."""
+
+    def __init__(self, split: str = "train", config: WorldConfig | None = None):
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+        self.split = split
+        self.config = config or WorldConfig()
+        train = split == "train"
+        mode = self.config.holdout
+        self.forbid_gen = HOLDOUT_PAIRS if train and mode != "none" else frozenset()
+        self.forbid_all = HOLDOUT_PAIRS if train and mode == "strict" else frozenset()
+
+    def seed(self, i: int) -> int:
+        if not 0 <= i < SPLIT_SIZE:
+            raise IndexError(f"example index {i} outside [0, {SPLIT_SIZE})")
+        return OFFSETS[self.split] + i
+
+    def rng(self, i: int, stream: str) -> random.Random:
+        return random.Random(self.seed(i) * 8 + _STREAM[stream])
+
+    # -- scenes --------------------------------------------------------------------------------
+    def scene(self, i: int) -> Scene:
+        """The understanding scene of example i (may contain hold-out pairs unless strict)."""
+        return sample_scene(self.rng(i, "scene"), self.config.image_size, forbid=self.forbid_all)
+
+    def image(self, i: int) -> np.ndarray:
+        return render(self.scene(i))
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def caption_example(self, i: int, style: int | None = 0) -> Example:
+        """Image -> caption. style=None picks a random phrasing (training variety); the
+        default 0 is the canonical phrasing used as the exact-match reference."""
+        s = self.scene(i)
+        rng = self.rng(i, "caption")
+        return Example("caption", i, CAPTION_PROMPT, image=render(s),
+                       target_text=caption(s, rng, style), scene=s)
+
+    def vqa_example(self, i: int, kind: str | None = None) -> Example:
+        """Image + question -> answer. The kind (and for yes/no kinds the answer) is drawn
+        first; if it cannot be asked about scene(i), a new scene is drawn from this example's
+        stream, so kinds are uniform and yes/no exactly balanced in expectation."""
+        rng = self.rng(i, "vqa")
+        kind = kind or rng.choice(QUESTION_KINDS)
+        want = rng.random() < 0.5
+        s = self.scene(i)
+        while (qa := question(s, rng, kind, want)) is None:
+            s = sample_scene(rng, self.config.image_size, forbid=self.forbid_all)
+        return Example("vqa", i, qa.question, image=render(s), target_text=qa.answer,
+                       scene=s, kind=qa.kind)
+
+    def t2i_example(self, i: int, geneval: bool | None = None) -> Example:
+        """Prompt -> image. Full-scene captions, or (with probability geneval_prompt_frac) a
+        short GenEval-style prompt with a minimal satisfying scene."""
+        rng = self.rng(i, "t2i")
+        if geneval is None:
+            geneval = rng.random() < self.config.geneval_prompt_frac
+        n = self.config.image_size
+        if geneval:
+            p = sample_prompt(rng, rng.choice(CATEGORIES), self.forbid_gen)
+            s = target_scene(p, rng, n, self.forbid_gen)
+            return Example("t2i", i, p.text, target_image=render(s), target_scene=s,
+                           kind=p.category, meta={"prompt": p})
+        s = sample_scene(rng, n, forbid=self.forbid_gen)
+        return Example("t2i", i, caption(s, rng, None), target_image=render(s), target_scene=s,
+                       kind="full_scene")
+
+    def edit_example(self, i: int, kind: str | None = None) -> Example:
+        rng = self.rng(i, "edit")
+        n = self.config.image_size
+        e: Edit | None = None
+        while e is None:
+            s = sample_scene(rng, n, forbid=self.forbid_gen)
+            e = edit(s, rng, kind or rng.choice(EDIT_KINDS), forbid=self.forbid_gen)
+        return Example("edit", i, e.instruction, image=render(e.source),
+                       target_image=render(e.target), scene=e.source, target_scene=e.target,
+                       kind=e.kind)
+
+    def example(self, i: int, task: str) -> Example:
+        fn = {"caption": self.caption_example, "vqa": self.vqa_example,
+              "t2i": self.t2i_example, "edit": self.edit_example}.get(task)
+        if fn is None:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        return fn(i)
+
+    # -- hold-out evaluation -------------------------------------------------------------------
+    def holdout_t2i_example(self, i: int) -> Example:
+        """A full-scene prompt whose scene contains at least one hold-out pair (val/test)."""
+        if self.split == "train" and self.config.holdout != "none":
+            raise ValueError("hold-out examples come from the val or test split")
+        rng = self.rng(i, "t2i")
+        while True:
+            s = sample_scene(rng, self.config.image_size)
+            if s.has_holdout():
+                return Example("t2i", i, caption(s), target_image=render(s), target_scene=s,
+                               kind="holdout")
+
+    def holdout_edit_example(self, i: int) -> Example:
+        """An edit (recolour or add) whose result creates a hold-out pair (val/test)."""
+        if self.split == "train" and self.config.holdout != "none":
+            raise ValueError("hold-out examples come from the val or test split")
+        rng = self.rng(i, "edit")
+        while True:
+            s = sample_scene(rng, self.config.image_size, forbid=HOLDOUT_PAIRS)
+            e = edit(s, rng, rng.choice(("recolor", "add")))
+            if e is not None and e.target.has_holdout():
+                return Example("edit", i, e.instruction, image=render(e.source),
+                               target_image=render(e.target), scene=e.source,
+                               target_scene=e.target, kind="holdout")
+
+
+def training_generation_targets(world: ShapesWorld, n: int):
+    """Yield every scene that n train examples of each generation task use as a target or edit
+    source (for leak checks)."""
+    for i in range(n):
+        t = world.t2i_example(i)
+        yield t.target_scene
+        e = world.edit_example(i)
+        yield e.scene
+        yield e.target_scene
+
+
+__all__ = ["WorldConfig", "ShapesWorld", "Example", "SPLITS", "TASKS", "OFFSETS",
+           "CAPTION_PROMPT", "GenevalPrompt", "training_generation_targets"]
