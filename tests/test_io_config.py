@@ -22,12 +22,18 @@ class Run:
     opt: Opt = field(default_factory=Opt)
     name: str = "run"
     sizes: tuple[int, ...] = (1, 2)
+    pair: tuple[int, str] = (0, "a")
 
 
 def test_config_strict_and_round_trip(tmp_path):
     r = from_dict(Run, {"opt": {"lr": 1, "kind": "b"}, "sizes": [3]})
     assert r.opt.lr == 1.0 and r.opt.kind == "b" and r.sizes == (3,)
     assert from_dict(Run, to_dict(r)) == r
+    assert from_dict(Run, {"pair": [3, "b"]}).pair == (3, "b")       # fixed-length tuples
+    with pytest.raises(ConfigError, match="expected 2 items"):
+        from_dict(Run, {"pair": [3]})
+    with pytest.raises(ConfigError, match="expected a string"):
+        from_dict(Run, {"pair": [3, 4]})
     with pytest.raises(ConfigError, match="unknown config key opt.lrr; valid keys of opt: kind, lr, steps"):
         from_dict(Run, {"opt": {"lrr": 1}})
     with pytest.raises(ConfigError, match="expected an integer"):

@@ -23,12 +23,25 @@ app.add_typer(bench_app, name="bench")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..data.images import ImageError
-    from ..data.manifest import ManifestError
-    from ..eval.judge import JudgeError
-    from ..utils.config import ConfigError
-    return (ImageError, ManifestError, JudgeError, ConfigError, FileExistsError,
-            FileNotFoundError, ValueError)
+    # All our user-facing errors subclass ValueError (ImageError, ManifestError, JudgeError,
+    # ConfigError, RunError, CheckpointError, TokenizerFileError, InputError).
+    return (ValueError, FileExistsError, FileNotFoundError)
+
+
+RUN_HELP = "Run folder (default: the model that ships with the package)."
+
+
+def _pipe(run: Optional[Path]):
+    from ..pipeline import Pipeline
+    return Pipeline.load(run)
+
+
+def _save_images(images, out: Path) -> list[Path]:
+    from ..data.images import save_png
+    if len(images) == 1:
+        return [save_png(images[0], out)]
+    return [save_png(im, out.with_name(f"{out.stem}_{k}{out.suffix or '.png'}"))
+            for k, im in enumerate(images)]
 
 
 def _echo_json(obj) -> None:
@@ -117,6 +130,149 @@ def judge_cmd(
         d["caption"] = caption(scene)
         d["file"] = str(p)
         _echo_json(d)
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="A TOML run config (see configs/)."),
+    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget (overrides train.minutes)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train.lr=1e-3"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Run folder (default runs/<name>)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Refuse to resume: the run folder must be new."),
+    evaluate_after: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on test at the end."),
+):
+    """Train a model (resumes from the run folder's checkpoint when there is one)."""
+    from ..train.config import RunConfig
+    from ..train.trainer import Trainer
+    from ..utils.config import load_config
+    cfg = load_config(RunConfig, config, set_)
+    run_dir = out or Path("runs") / cfg.name
+    if fresh and (run_dir / "ckpt").exists():
+        raise FileExistsError(f"{run_dir} already holds a checkpoint; drop --fresh to resume it")
+    _check_resume_config(run_dir, cfg)
+    tr = Trainer(cfg, run_dir)
+    if tr.resume():
+        typer.echo(f"resuming {run_dir} at step {tr.step}")
+    r = tr.fit(minutes)
+    typer.echo(f"trained to step {r['step']} in {r['elapsed_s'] / 60:.1f} min -> {run_dir}")
+    if evaluate_after:
+        _run_eval(run_dir, "test", quick=False, out=run_dir / "eval.json")
+
+
+def _check_resume_config(run_dir: Path, cfg) -> None:
+    from ..train.run import load_config as load_run_config
+    from ..utils.config import to_dict
+    if (run_dir / "config.json").is_file() and (run_dir / "ckpt").exists():
+        old = to_dict(load_run_config(run_dir))
+        new = to_dict(cfg)
+        diff = sorted(k for k in old if old[k] != new[k] and k not in ("train", "eval", "name"))
+        if diff:
+            raise ValueError(f"{run_dir} was trained with a different config ({', '.join(diff)} "
+                             "differ); use another --out folder or --set the same values")
+
+
+@app.command("train-tokenizer")
+def train_tokenizer_cmd(
+    config: Path = typer.Argument(..., help="A TOML tokenizer config (e.g. configs/tokenizer.toml)."),
+    out: Path = typer.Option(Path("runs/tokenizer"), "-o", "--out"),
+    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key."),
+    dataset: str = typer.Option("shapes", help="shapes | digits"),
+):
+    """Train an image tokenizer; writes it, metrics.json and recon.png into --out."""
+    from ..tokenizers.train_image import TokenizerTrainConfig, train_image_tokenizer
+    from ..utils.config import load_config
+    cfg = load_config(TokenizerTrainConfig, config, set_)
+    m = train_image_tokenizer(cfg, out, minutes=minutes, dataset=dataset)
+    _echo_json(m)
+
+
+# ----------------------------------------------------------------------------------------------
+# inference
+
+@app.command("caption")
+def caption_cmd(image: Path = typer.Argument(...), run: Optional[Path] = typer.Option(None, help=RUN_HELP)):
+    """Describe an image."""
+    typer.echo(_pipe(run).caption(image))
+
+
+@app.command("ask")
+def ask_cmd(image: Path = typer.Argument(...), question: str = typer.Argument(...),
+            run: Optional[Path] = typer.Option(None, help=RUN_HELP)):
+    """Answer a question about an image."""
+    typer.echo(_pipe(run).ask(image, question))
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: str = typer.Argument(...),
+    out: Path = typer.Option(Path("out.png"), "-o", "--out", help="PNG path (n > 1: out_0.png, ...)."),
+    n: int = typer.Option(1, "--n", min=1, max=64),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
+    seed: Optional[int] = typer.Option(None),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_k: int = typer.Option(0), top_p: float = typer.Option(1.0),
+    run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+):
+    """Draw an image from a prompt."""
+    imgs = _pipe(run).generate(prompt, n=n, guidance=guidance, seed=seed, temperature=temperature,
+                               top_k=top_k, top_p=top_p)
+    for p in _save_images(imgs, out):
+        typer.echo(f"wrote {p}")
+
+
+@app.command("edit")
+def edit_cmd(
+    image: Path = typer.Argument(...), instruction: str = typer.Argument(...),
+    out: Path = typer.Option(Path("edited.png"), "-o", "--out"),
+    guidance: Optional[float] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    temperature: float = typer.Option(0.0),
+    run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+):
+    """Edit an image following an instruction."""
+    img = _pipe(run).edit(image, instruction, guidance=guidance, seed=seed, temperature=temperature)
+    for p in _save_images([img], out):
+        typer.echo(f"wrote {p}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+    split: str = typer.Option("test", help="val | test"),
+    quick: bool = typer.Option(False, help="Use a quarter of the items."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="JSON path (default <run>/eval.json)."),
+):
+    """Evaluate a run: a table on screen, JSON + sample PNGs on disk."""
+    from ..pipeline import default_run_dir
+    run_dir = run or default_run_dir()
+    _run_eval(run_dir, split, quick, out or Path(run_dir) / f"eval_{split}.json")
+
+
+def _run_eval(run_dir: Path, split: str, quick: bool, out: Path) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..bench.common import conditions
+    from ..eval.evaluate import evaluate
+    from ..pipeline import Pipeline
+    from ..utils.io import write_json
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be val or test, got {split!r}")
+    pipe = Pipeline.load(run_dir)
+    r = evaluate(pipe, split, quick=quick, samples_dir=out.parent)
+    table = Table(title=f"unimm eval: {run_dir} ({split})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in r.items():
+        table.add_row(k, f"{v:.3f}")
+    Console().print(table)
+    write_json(out, {"run": str(run_dir), "split": split, "quick": quick, "metrics": r,
+                     "conditions": conditions()})
+    typer.echo(f"wrote {out}")
+    return r
 
 
 # ----------------------------------------------------------------------------------------------

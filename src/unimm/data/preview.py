@@ -16,11 +16,11 @@ def _side_by_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def preview_grid(dataset: str, split: str, task: str, n: int, out, image_size: int = 32,
                  start: int = 0):
     if dataset == "digits":
-        from .digits import Digits
+        from .digits import Digits, prompt
         d = Digits(split, image_size=image_size)
         idx = [(start + i) % len(d) for i in range(n)]
         return image_grid([d.image(i) for i in idx],
-                          [f"{d.prompt(d.label(i))}" for i in idx], out,
+                          [prompt(d.label(i)) for i in idx], out,
                           title=f"digits / {split}")
     if dataset != "shapes":
         raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")

@@ -55,7 +55,7 @@ def _coerce(value: Any, tp, where: str):
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+            items = [_coerce(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
         else:
             a = args[0] if args else Any
             items = [_coerce(v, a, f"{where}[{i}]") for i, v in enumerate(value)]

@@ -1,0 +1,71 @@
+"""Preallocated key/value cache for `Backbone` (one tensor pair for all layers).
+
+Writes are positional, not appends: a forward with `start` writes keys/values for
+[start, start + t) in place and attends to [0, start + t). So a prompt is computed once and
+any later span can be rewritten as often as needed (masked decoding recomputes the image span
+every step with the same `start`), and `length` only guards against attending to slots that
+were never written. Rows are independent batch entries (CFG: conditional and unconditional rows
+side by side); `select_rows` repeats or picks rows, `clone` branches a whole cache.
+
+Letters: l layers, b batch, g kv heads, m capacity (slots), e head dim, t new tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class KVCache:
+    k: Tensor  # (l, b, g, m, e)
+    v: Tensor  # (l, b, g, m, e)
+    length: int = 0  # slots [0, length) hold keys/values written by earlier calls
+
+    @classmethod
+    def empty(cls, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+              dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None) -> KVCache:
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device),
+                   torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def check(self, batch: int, start: int, t: int) -> None:
+        """Clear errors for a forward that would write [start, start + t) of `batch` rows."""
+        if batch != self.batch:
+            raise ValueError(f"cache holds {self.batch} rows but the input has {batch}; "
+                             f"use cache.select_rows(...) to match")
+        if start < 0 or start > self.length:
+            raise ValueError(f"start={start} must lie in [0, cache.length={self.length}]: "
+                             f"slots before start must have been written")
+        if start + t > self.max_len:
+            raise ValueError(f"writing [{start}, {start + t}) overflows the cache "
+                             f"(max_len={self.max_len})")
+
+    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (b, g, t, e) at [start, start + t); return keys/values (b, g, s, e)
+        for [0, s), s = start + t."""
+        s = start + k.shape[2]
+        self.k[layer, :, :, start:s] = k
+        self.v[layer, :, :, start:s] = v
+        return self.k[layer, :, :, :s], self.v[layer, :, :, :s]
+
+    def clone(self) -> KVCache:
+        """Independent copy (branch several continuations from one prefix)."""
+        return KVCache(self.k.clone(), self.v.clone(), self.length)
+
+    def select_rows(self, rows: Tensor | list[int]) -> KVCache:
+        """New cache with the given rows (repeats allowed): e.g. [0, 0, 0, 0] turns a
+        one-row prompt into four samples, [0, 1, 0, 1] pairs cond/uncond rows for CFG."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
+        return KVCache(self.k[:, rows], self.v[:, rows], self.length)

@@ -1,0 +1,122 @@
+"""Transformer blocks of the backbone: RMSNorm, attention, SwiGLU MLP, pre-norm block.
+
+The one copy of each block in unimm; paradigm heads import `RMSNorm` from here.
+
+Notable choices:
+- No biases anywhere (Llama / PaLM); fused projections (one QKV matmul, one gate+up matmul).
+- Attention is `F.scaled_dot_product_attention` with a boolean "may attend" mask; grouped-query
+  attention goes through SDPA's `enable_gqa` (no key/value copies).
+- RMSNorm normalises in float32 and casts back, so bf16 autocast keeps a float32 residual stream
+  while the matmuls run in bf16.
+- Optional QK-norm (RMSNorm over each head's queries and keys before rotary; OLMo 2, Qwen3)
+  for stability at high learning rates.
+
+Letters: b batch, t query tokens, s key tokens, d model dim, h query heads, g kv heads,
+e head dim, f MLP hidden.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from unimm.model.cache import KVCache
+from unimm.model.rotary import apply_rotary
+
+if TYPE_CHECKING:
+    from unimm.model.backbone import BackboneConfig
+
+_SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019) with a learned gain, computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).type_as(x)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
+              dropout: float) -> Tensor:
+    """q (b, h, t, e), k/v (b, g, s, e), mask Bool (b|1, 1, t, s) or None -> (b, h, t, e)."""
+    k, v = k.to(q.dtype), v.to(q.dtype)  # a float32 cache under bf16 autocast
+    h, g = q.shape[1], k.shape[1]
+    kwargs = {}
+    if h != g:
+        if _SDPA_HAS_GQA:
+            kwargs["enable_gqa"] = True
+        else:  # torch < 2.5
+            k, v = k.repeat_interleave(h // g, dim=1), v.repeat_interleave(h // g, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                          is_causal=is_causal, **kwargs)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim,
+                             bias=False)
+        self.proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.proj.is_residual_proj = True  # scaled init, see Backbone._init_weights
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                is_causal: bool, cache: KVCache | None, layer: int, start: int) -> Tensor:
+        e = self.head_dim
+        q, k, v = self.qkv(x).split(  # (b, t, (h + 2g) e) -> three chunks
+            [self.n_heads * e, self.n_kv_heads * e, self.n_kv_heads * e], dim=-1)
+        q = rearrange(q, "b t (h e) -> b h t e", e=e)
+        k = rearrange(k, "b t (g e) -> b g t e", e=e)
+        v = rearrange(v, "b t (g e) -> b g t e", e=e)
+        q = apply_rotary(self.q_norm(q), *rope)
+        k = apply_rotary(self.k_norm(k), *rope)
+        if cache is not None:
+            k, v = cache.update(layer, start, k, v)  # (b, g, s, e), s = start + t
+        p = self.dropout if self.training else 0.0
+        y = attention(q, k, v, mask, is_causal, p)  # (b, h, t, e)
+        return self.proj(rearrange(y, "b h t e -> b t (h e)"))
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU MLP (Shazeer 2020, arXiv:2002.05202): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+        self.down.is_residual_proj = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (b, t, f) each
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.mlp_hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                is_causal: bool, cache: KVCache | None, layer: int, start: int) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, is_causal, cache, layer, start))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))

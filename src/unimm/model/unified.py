@@ -1,0 +1,47 @@
+"""The unified token model: embeddings in, the shared backbone, a vocabulary head out.
+
+Einops legend: B batch, T new tokens, S keys (cache length), D width, V vocabulary slice.
+
+Notable choices:
+- The head can be evaluated on a vocabulary *slice* (`logits(h, lo, hi)`): image decoding
+  only ever needs the code range and text decoding the text range, so we never compute (or keep)
+  full-vocabulary logits for a position that samples from a slice.
+- Untied input/output embeddings (the code and text ranges play different roles in and out).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .backbone import Backbone, BackboneConfig
+
+
+class TokenModel(nn.Module):
+    def __init__(self, vocab_size: int, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, cfg.dim)
+        self.backbone = Backbone(cfg)
+        self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.head.weight, std=0.02)
+
+    def hidden(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None,
+               cache=None, start: int = 0) -> Tensor:
+        """(B, T) tokens -> (B, T, D) final hidden states (after the final norm)."""
+        return self.backbone(self.embed(tokens), pos, mask, cache=cache, start=start)
+
+    def logits(self, h: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
+        """(..., D) -> (..., hi - lo): the head restricted to vocabulary rows [lo, hi)."""
+        return h @ self.head.weight[lo:hi].T
+
+    def forward(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.logits(self.hidden(tokens, pos, mask))
+
+    def new_cache(self, batch: int, max_len: int, dtype=None, device=None):
+        return self.backbone.new_cache(batch, max_len, dtype=dtype, device=device)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,30 @@
+"""Paradigms: each is one module behind the `Paradigm` contract (base.py), listed here.
+
+Adding a paradigm adds a file and an entry in PARADIGMS; nothing else branches on the name.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .ar import ARConfig, Autoregressive
+from .base import Paradigm, Turn
+from .sequence import Vocab
+
+ParadigmName = Literal["ar"]
+
+# name -> (class, the RunConfig field holding its sub-config)
+PARADIGMS: dict[str, tuple[type[Paradigm], str]] = {
+    "ar": (Autoregressive, "ar"),
+}
+
+
+def build_paradigm(name: str, vocab: Vocab, run_cfg) -> Paradigm:
+    if name not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {name!r}; known: {', '.join(PARADIGMS)}")
+    cls, field = PARADIGMS[name]
+    return cls(vocab, getattr(run_cfg, field))
+
+
+__all__ = ["PARADIGMS", "ParadigmName", "Paradigm", "Turn", "Vocab", "build_paradigm",
+           "ARConfig", "Autoregressive"]

@@ -1,0 +1,95 @@
+"""Autoregressive over everything (Chameleon / Emu3 / Janus-style generation head).
+
+Image positions are VQ codes in the shared vocabulary; the image span is causal; the loss is
+next-token cross-entropy on the assistant's tokens only; images are sampled code by code.
+
+Notable choices:
+- Condition dropout (`cfg_dropout`) replaces the prompt/instruction with nothing for
+  classifier-free guidance, as LlamaGen / Janus do.
+- Sampling runs conditional and unconditional rows in one batched forward (2B rows), with a
+  preallocated KV cache, and computes logits only over the code slice: an image span holds
+  exactly N codes and nothing else (constrained decoding by construction).
+
+Einops legend: B images, R rows (2B with guidance), T prefix, N codes, K codebook size.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..model.unified import TokenModel
+from .base import Paradigm, Turn, drop_condition, format_turn, prefix_mask, step_mask
+from .sampling import SamplingConfig, guide, sample
+from .sequence import Batch, Packed, Vocab, collate
+
+
+@dataclass(frozen=True)
+class ARConfig:
+    cfg_dropout: float = 0.1        # probability of dropping the text condition of t2i / edit
+
+    def __post_init__(self):
+        if not 0 <= self.cfg_dropout < 1:
+            raise ValueError(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
+
+
+class Autoregressive(Paradigm):
+    name = "ar"
+
+    def __init__(self, vocab: Vocab, cfg: ARConfig | None = None):
+        super().__init__(vocab)
+        self.cfg = cfg or ARConfig()
+
+    def format(self, turn: Turn, rng: random.Random) -> Packed:
+        if turn.task in ("t2i", "edit") and rng.random() < self.cfg.cfg_dropout:
+            turn = drop_condition(turn)
+        return format_turn(self.vocab, turn)
+
+    def loss(self, model: TokenModel, batch: Batch, generator=None):
+        h = model.hidden(batch.tokens, batch.pos, None)              # (B, T, D), causal
+        tgt_mask = batch.loss[:, 1:]                                 # token t+1 is a target
+        hs = h[:, :-1][tgt_mask]                                     # (M, D) only where needed
+        tgt = batch.tokens[:, 1:][tgt_mask]                          # (M,)
+        logits = model.logits(hs).float()
+        ce = F.cross_entropy(logits, tgt, reduction="none")
+        is_img = tgt >= self.vocab.code_start
+        stats = {"loss/text": ce[~is_img].mean().item() if (~is_img).any() else float("nan"),
+                 "loss/image": ce[is_img].mean().item() if is_img.any() else float("nan")}
+        return ce.mean(), stats
+
+    @torch.no_grad()
+    def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float = 1.0,
+                        sampling: SamplingConfig = SamplingConfig(), generator=None) -> Tensor:
+        """Sample one image per turn -> (B, N) codes in [0, K)."""
+        v = self.vocab
+        use_cfg = guidance != 1.0
+        rows = [format_turn(v, t, with_target=False) for t in turns]
+        if use_cfg:
+            rows += [format_turn(v, drop_condition(t), with_target=False) for t in turns]
+        batch = collate(rows, v.pad, left=True)
+        dev = next(model.parameters()).device
+        tokens, pos, valid = batch.tokens.to(dev), batch.pos.to(dev), batch.valid.to(dev)
+        R, T = tokens.shape
+        B, N, (gh, gw) = len(turns), v.n_image, v.grid
+        cache = model.new_cache(R, T + N, device=dev)
+        h = model.hidden(tokens, pos, prefix_mask(valid), cache=cache, start=0)[:, -1]   # (R, D)
+        t0 = valid.sum(1)                                      # sequence index of code 0, per row
+        codes = torch.empty(B, N, dtype=torch.long, device=dev)
+        lo, hi = v.code_start, v.code_start + v.n_codes
+        for k in range(N):
+            logits = model.logits(h, lo, hi).float()           # (R, K)
+            if use_cfg:
+                logits = guide(logits, guidance)               # (B, K)
+            code = sample(logits, sampling, generator)         # (B,)
+            codes[:, k] = code
+            if k == N - 1:
+                break
+            tok = (code + lo).repeat(R // B)[:, None]          # (R, 1) same code in both halves
+            r, c = divmod(k, gw)
+            p = torch.stack([t0 + k, t0 + r, t0 + c], dim=-1)[:, None, :]   # (R, 1, 3)
+            h = model.hidden(tok, p, step_mask(valid, k + 1), cache=cache, start=T + k)[:, -1]
+        return codes

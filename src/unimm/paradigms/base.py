@@ -1,0 +1,133 @@
+"""The paradigm contract and what all token paradigms share.
+
+A paradigm decides four things (PRODUCT.md): how image positions are represented, the attention
+mask inside an image span, the image loss, and the image sampler. Everything else (the backbone,
+the sequence layout, text decoding, the trainer, evaluation, Pipeline, CLI) is shared and never
+branches on the paradigm.
+
+Einops legend: B rows, T prefix length, S keys, N codes per image, D width, V vocabulary slice.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..model.unified import TokenModel
+from .sampling import GREEDY, SamplingConfig, sample
+from .sequence import Batch, Builder, Packed, Vocab, collate
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What a model is asked to do. `image` / `target_image` are flat code lists."""
+
+    task: str                              # caption | vqa | t2i | edit
+    text: list[int]                        # question / prompt / instruction ids
+    image: list[int] | None = None         # input image codes
+    answer: list[int] | None = None        # target text ids (understanding)
+    target_image: list[int] | None = None  # target image codes (generation, editing)
+
+
+def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
+    """Lay out one turn (see sequence.py). Without target: the prefix a sampler continues."""
+    b = Builder(v).special("<bos>")
+    if turn.image is not None:
+        b.image(turn.image)
+    b.special("<user>").text(turn.text).special("<asst>")
+    if turn.task in ("caption", "vqa"):
+        if with_target:
+            b.text(turn.answer, loss=True).special("<eos>", loss=True)
+    elif with_target:
+        b.image(turn.target_image, loss=True).special("<eos>", loss=True)
+    else:
+        b.special("<boi>")
+    return b.build()
+
+
+def drop_condition(turn: Turn) -> Turn:
+    """The unconditional twin of a generation turn, for classifier-free guidance: the text is
+    dropped, an input image (editing) is kept."""
+    return Turn(turn.task, [], turn.image, turn.answer, turn.target_image)
+
+
+def prefix_mask(valid: Tensor) -> Tensor:
+    """(B, T) key validity of a left-padded prefix -> (B, 1, T, T) causal 'may attend' mask.
+    The diagonal stays open so padding rows never attend to nothing (no NaN)."""
+    T = valid.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=valid.device)
+    return ((causal & valid[:, None, :]) | eye)[:, None]
+
+
+def step_mask(valid: Tensor, n_new: int) -> Tensor:
+    """Mask for one decoding query after a left-padded prefix and n_new generated tokens:
+    (B, 1, 1, T + n_new)."""
+    B = valid.shape[0]
+    gen = torch.ones(B, n_new, dtype=torch.bool, device=valid.device)
+    return torch.cat([valid, gen], dim=1)[:, None, None, :]
+
+
+class Paradigm:
+    """Base class: text understanding is autoregressive in every token paradigm."""
+
+    name = "base"
+    bidirectional_images = False
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+
+    # ---- training -----------------------------------------------------------------------------
+    def format(self, turn: Turn, rng: random.Random) -> Packed:
+        return format_turn(self.vocab, turn)
+
+    def loss(self, model: TokenModel, batch: Batch, generator: torch.Generator | None = None):
+        raise NotImplementedError
+
+    def attention_mask(self, batch: Batch) -> Tensor | None:
+        """(B, 1, T, T) mask for a right-padded training batch; None means causal."""
+        return None
+
+    # ---- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float,
+                        sampling: SamplingConfig, generator=None) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate_text(self, model: TokenModel, turns: list[Turn], max_new: int = 48,
+                      sampling: SamplingConfig = GREEDY, generator=None) -> list[list[int]]:
+        """Answer each turn: KV-cached autoregressive decoding over the text slice
+        (text tokens + <eos>), batched over rows with left padding."""
+        v = self.vocab
+        prefixes = [format_turn(v, t, with_target=False) for t in turns]
+        batch = collate(prefixes, v.pad, left=True)
+        dev = next(model.parameters()).device
+        tokens, pos, valid = batch.tokens.to(dev), batch.pos.to(dev), batch.valid.to(dev)
+        B, T = tokens.shape
+        cache = model.new_cache(B, T + max_new, device=dev)
+        h = model.hidden(tokens, pos, prefix_mask(valid), cache=cache, start=0)[:, -1]
+        allowed = torch.zeros(v.text_end, dtype=torch.bool, device=dev)
+        allowed[:v.n_text] = True
+        allowed[v.eos] = True
+        nxt = valid.sum(1)                                   # next sequence index per row
+        out = [[] for _ in range(B)]
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        for k in range(max_new):
+            logits = model.logits(h, 0, v.text_end).float().masked_fill(~allowed, float("-inf"))
+            tok = sample(logits, sampling, generator)        # (B,)
+            for b in range(B):
+                if not done[b]:
+                    if tok[b] == v.eos:
+                        done[b] = True
+                    else:
+                        out[b].append(int(tok[b]))
+            if bool(done.all()) or k == max_new - 1:
+                break
+            p = (nxt + k)[:, None, None].expand(B, 1, 3)
+            h = model.hidden(tok[:, None], p, step_mask(valid, k + 1), cache=cache,
+                             start=T + k)[:, -1]
+        return out

@@ -1,0 +1,159 @@
+"""One vocabulary and one sequence layout for every paradigm.
+
+Einops legend: B batch, T sequence, N image codes per image (h * w), D model width.
+
+Vocabulary: [text tokens | special tokens | image codes]. A conversation is a list of segments;
+the loss covers only the assistant's part (answer text, or the generated image's codes) plus the
+tokens that close it.
+
+    understanding: <bos> <boi> [img] <eoi> <user> question <asst> answer <eos>
+    generation:    <bos> <user> prompt <asst> <boi> [img] <eoi> <eos>
+    editing:       <bos> <boi> [src] <eoi> <user> instruction <asst> <boi> [tgt] <eoi> <eos>
+
+Positions are M-RoPE style triples (sequence, row, col): text tokens get (t, t, t); the image
+code at grid cell (r, c) of a span starting at t0 gets (t, t0 + r, t0 + c), so the backbone sees
+2-D neighbourhoods inside images while the first coordinate keeps the 1-D order. Each image span
+has an id (`span`, 0 = not an image) so paradigms can make spans bidirectional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<user>", "<asst>", "<mask>")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    n_text: int
+    n_codes: int
+    grid: tuple[int, int]              # (h, w) codes per image
+
+    def special(self, name: str) -> int:
+        return self.n_text + SPECIALS.index(name)
+
+    @property
+    def code_start(self) -> int:
+        return self.n_text + len(SPECIALS)
+
+    @property
+    def size(self) -> int:
+        return self.code_start + self.n_codes
+
+    @property
+    def n_image(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def text_end(self) -> int:
+        """Text + specials: the slice text decoding samples from."""
+        return self.code_start
+
+    pad = property(lambda self: self.special("<pad>"))
+    bos = property(lambda self: self.special("<bos>"))
+    eos = property(lambda self: self.special("<eos>"))
+    boi = property(lambda self: self.special("<boi>"))
+    eoi = property(lambda self: self.special("<eoi>"))
+    user = property(lambda self: self.special("<user>"))
+    asst = property(lambda self: self.special("<asst>"))
+    mask = property(lambda self: self.special("<mask>"))
+
+
+@dataclass
+class Packed:
+    """One sequence before batching."""
+
+    tokens: list[int]
+    pos: list[tuple[int, int, int]]
+    loss: list[bool]                  # token t is a training target (predicted from t-1)
+    span: list[int]                   # image span id (1, 2, ...) or 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class Builder:
+    """Appends text, specials and images to a sequence, tracking positions and loss."""
+
+    def __init__(self, vocab: Vocab):
+        self.v = vocab
+        self.p = Packed([], [], [], [])
+        self.n_spans = 0
+
+    def _add(self, tok: int, loss: bool, pos=None, span: int = 0):
+        t = len(self.p.tokens)
+        self.p.tokens.append(tok)
+        self.p.pos.append(pos if pos is not None else (t, t, t))
+        self.p.loss.append(loss)
+        self.p.span.append(span)
+
+    def special(self, name: str, loss: bool = False) -> "Builder":
+        self._add(self.v.special(name), loss)
+        return self
+
+    def text(self, ids: list[int], loss: bool = False) -> "Builder":
+        for i in ids:
+            self._add(int(i), loss)
+        return self
+
+    def image(self, codes, loss: bool = False) -> "Builder":
+        """<boi> codes <eoi>; codes is a flat sequence of N ints in raster order."""
+        h, w = self.v.grid
+        codes = [int(c) for c in codes]
+        if len(codes) != h * w:
+            raise ValueError(f"an image holds {h * w} codes, got {len(codes)}")
+        self.special("<boi>", loss)
+        self.n_spans += 1
+        t0 = len(self.p.tokens)
+        for k, c in enumerate(codes):
+            r, col = divmod(k, w)
+            self._add(self.v.code_start + c, loss, (t0 + k, t0 + r, t0 + col), self.n_spans)
+        self.special("<eoi>", loss)
+        return self
+
+    def build(self) -> Packed:
+        return self.p
+
+
+def image_positions(t0: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(N, 3) positions of an image span whose first code sits at sequence index t0."""
+    h, w = grid
+    k = torch.arange(h * w)
+    return torch.stack([t0 + k, t0 + k // w, t0 + k % w], dim=-1)
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor        # (B, T) long
+    pos: torch.Tensor           # (B, T, 3) long
+    loss: torch.Tensor          # (B, T) bool: target positions
+    span: torch.Tensor          # (B, T) long: image span ids, 0 for text/special/pad
+    valid: torch.Tensor         # (B, T) bool: not padding
+    tasks: list[str]
+
+    def to(self, device) -> "Batch":
+        return Batch(self.tokens.to(device), self.pos.to(device), self.loss.to(device),
+                     self.span.to(device), self.valid.to(device), self.tasks)
+
+
+def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,
+            left: bool = False) -> Batch:
+    """Pad to the longest sequence (right padding for training, left for generation)."""
+    T = max(len(s) for s in seqs)
+    B = len(seqs)
+    tokens = torch.full((B, T), pad, dtype=torch.long)
+    pos = torch.zeros((B, T, 3), dtype=torch.long)
+    loss = torch.zeros((B, T), dtype=torch.bool)
+    span = torch.zeros((B, T), dtype=torch.long)
+    valid = torch.zeros((B, T), dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        n = len(s)
+        sl = slice(T - n, T) if left else slice(0, n)
+        tokens[b, sl] = torch.tensor(s.tokens)
+        pos[b, sl] = torch.tensor(s.pos)
+        loss[b, sl] = torch.tensor(s.loss)
+        span[b, sl] = torch.tensor(s.span)
+        valid[b, sl] = True
+    return Batch(tokens, pos, loss, span, valid, tasks or [""] * B)
