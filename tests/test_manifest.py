@@ -87,3 +87,15 @@ def test_empty_and_missing_manifest(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n\n")
     with pytest.raises(ManifestError, match="no records"):
         load_manifest(tmp_path / "e.jsonl")
+
+
+def test_digits_export_round_trips(tmp_path):
+    from unimm.data import digits as D
+    from unimm.data.manifest import export_digits
+    recs = load_manifest(export_digits("test", tmp_path / "dg", n=15))
+    d = D.Digits("test")
+    assert len(recs) == 15
+    for i, r in enumerate(recs):
+        assert np.array_equal(r.load_image(), d.image(i))
+        assert r.caption == D.prompt(d.label(i))
+        assert D.parse_digit_answer(r.conversations[1][1]) == d.label(i)

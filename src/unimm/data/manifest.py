@@ -243,3 +243,24 @@ def export_split(split: str, n: int, out_dir, config: WorldConfig | None = None,
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     return write_manifest(shapes_records(ShapesWorld(split, config), n), out_dir, overwrite)
+
+
+def digits_records(split: str, image_size: int = 32, n: int | None = None) -> list[dict]:
+    """Manifest records for the real digits: caption "the digit 7" + one question."""
+    from . import digits as D
+    d = D.Digits(split, image_size=image_size)
+    out = []
+    for i in range(len(d) if n is None else min(n, len(d))):
+        lab = d.label(i)
+        rid = f"digits-{split}-{i:04d}"
+        out.append({"id": rid, "image": f"images/{rid}.png", "caption": D.prompt(lab),
+                    "conversations": [{"from": "human", "value": IMAGE_MARKER + "\n" + D.question()},
+                                      {"from": "gpt", "value": D.answer(lab)}],
+                    "_images": {f"images/{rid}.png": d.image(i)}})
+    return out
+
+
+def export_digits(split: str, out_dir, image_size: int = 32, n: int | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write the real digits of a split as PNG files + manifest.jsonl."""
+    return write_manifest(digits_records(split, image_size, n), out_dir, overwrite)
