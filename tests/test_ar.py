@@ -58,7 +58,7 @@ def greedy_images_by_recompute(m, ts, guidance):
                 t0 = len(toks) - k
                 r_, c_ = divmod(k, V.grid[1])
                 toks.append(V.code_start + c)
-                pos.append((t0 + k, t0 + r_, t0 + c_))
+                pos.append((t0 + k, r_, c_))          # absolute row / col (sequence.py)
         out.append(codes)
     return torch.tensor(out)
 
@@ -170,6 +170,17 @@ def test_loss_covers_only_targets():
     p = format_turn(V, t)
     targets = [tok for tok, l in zip(p.tokens, p.loss) if l]
     assert targets == [V.boi] + [V.code_start + 3] * V.n_image + [V.eoi, V.eos]
+
+
+def test_image_positions_are_absolute_in_row_and_col():
+    p = format_turn(V, Turn("edit", [1, 2, 3], list(range(V.n_image)), None, [0] * V.n_image))
+    spans = {}
+    for tok, pos, sp in zip(p.tokens, p.pos, p.span):
+        if sp:
+            spans.setdefault(sp, []).append(pos)
+    a, b = spans[1], spans[2]
+    assert [x[1:] for x in a] == [x[1:] for x in b] == [divmod(k, V.grid[1]) for k in range(V.n_image)]
+    assert all(y[0] - x[0] == b[0][0] - a[0][0] for x, y in zip(a, b))
 
 
 def test_sampling_helpers():

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..model.unified import TokenModel
 from .base import Paradigm, Turn, drop_condition, format_turn, prefix_mask, step_mask
 from .sampling import SamplingConfig, guide, sample
-from .sequence import Batch, Packed, Vocab, collate
+from .sequence import Batch, Packed, Vocab, collate, image_positions
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Autoregressive(Paradigm):
         dev = next(model.parameters()).device
         tokens, pos, valid = batch.tokens.to(dev), batch.pos.to(dev), batch.valid.to(dev)
         R, T = tokens.shape
-        B, N, (gh, gw) = len(turns), v.n_image, v.grid
+        B, N = len(turns), v.n_image
         cache = model.new_cache(R, T + N, device=dev)
         h = model.hidden(tokens, pos, prefix_mask(valid), cache=cache, start=0)[:, -1]   # (R, D)
         t0 = valid.sum(1)                                      # sequence index of code 0, per row
@@ -89,7 +89,6 @@ class Autoregressive(Paradigm):
             if k == N - 1:
                 break
             tok = (code + lo).repeat(R // B)[:, None]          # (R, 1) same code in both halves
-            r, c = divmod(k, gw)
-            p = torch.stack([t0 + k, t0 + r, t0 + c], dim=-1)[:, None, :]   # (R, 1, 3)
+            p = image_positions(t0, k, v.grid)[:, None, :]     # (R, 1, 3)
             h = model.hidden(tok, p, step_mask(valid, k + 1), cache=cache, start=T + k)[:, -1]
         return codes

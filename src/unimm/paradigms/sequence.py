@@ -11,8 +11,11 @@ tokens that close it.
     editing:       <bos> <boi> [src] <eoi> <user> instruction <asst> <boi> [tgt] <eoi> <eos>
 
 Positions are M-RoPE style triples (sequence, row, col): text tokens get (t, t, t); the image
-code at grid cell (r, c) of a span starting at t0 gets (t, t0 + r, t0 + c), so the backbone sees
-2-D neighbourhoods inside images while the first coordinate keeps the 1-D order. Each image span
+code at grid cell (r, c) gets (t, r, c) with *absolute* row and column. Unlike Qwen2-VL's
+(t0, t0 + r, t0 + c), two images in one sequence then share row/col coordinates, so the code at
+the same cell of a source and an edited image is at zero relative rotation in the 2-D sections
+(copying is a fixed attention pattern, whatever the instruction's length), and a generated code
+knows which cell it is in. The first coordinate keeps the 1-D order. Each image span
 has an id (`span`, 0 = not an image) so paradigms can make spans bidirectional.
 """
 
@@ -109,7 +112,7 @@ class Builder:
         t0 = len(self.p.tokens)
         for k, c in enumerate(codes):
             r, col = divmod(k, w)
-            self._add(self.v.code_start + c, loss, (t0 + k, t0 + r, t0 + col), self.n_spans)
+            self._add(self.v.code_start + c, loss, (t0 + k, r, col), self.n_spans)
         self.special("<eoi>", loss)
         return self
 
@@ -117,11 +120,13 @@ class Builder:
         return self.p
 
 
-def image_positions(t0: int, grid: tuple[int, int]) -> torch.Tensor:
-    """(N, 3) positions of an image span whose first code sits at sequence index t0."""
-    h, w = grid
-    k = torch.arange(h * w)
-    return torch.stack([t0 + k, t0 + k // w, t0 + k % w], dim=-1)
+def image_positions(t0, k: int, grid: tuple[int, int]):
+    """Position triple of the k-th code of an image whose first code sits at index t0 (an int
+    or a (B,) tensor): (t0 + k, row, col)."""
+    r, c = divmod(k, grid[1])
+    if isinstance(t0, torch.Tensor):
+        return torch.stack([t0 + k, torch.full_like(t0, r), torch.full_like(t0, c)], dim=-1)
+    return (t0 + k, r, c)
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""The run configuration: it only composes the sub-configs that live next to their code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..data.splits import WorldConfig
+from ..model.backbone import BackboneConfig
+from ..paradigms import ParadigmName
+from ..paradigms.ar import ARConfig
+from ..tokenizers.train_image import TokenizerTrainConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["shapes", "digits"] = "shapes"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    # Task mixture: relative weights of the tasks in a batch (digits has no edits).
+    caption: float = 1.0
+    vqa: float = 2.0
+    t2i: float = 2.0
+    edit: float = 1.0
+    text_vocab_size: int = 512
+    text_corpus: int = 4000           # train examples per task the BPE is fitted on
+
+    def weights(self) -> dict[str, float]:
+        w = {"caption": self.caption, "vqa": self.vqa, "t2i": self.t2i, "edit": self.edit}
+        if self.dataset == "digits":
+            w.pop("edit")
+        if any(x < 0 for x in w.values()) or sum(w.values()) <= 0:
+            raise ValueError(f"task weights must be >= 0 with a positive sum, got {w}")
+        return {k: x for k, x in w.items() if x > 0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    max_steps: int = 20000            # schedule horizon; --minutes may shorten it (fixed once)
+    minutes: float = 0.0              # wall-clock budget, 0 = none
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    ema: float = 0.0                  # EMA decay of the weights, 0 = off
+    eval_every: int = 500
+    ckpt_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    threads: int = 0                  # torch threads, 0 = leave as is
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_steps < 1 or self.lr <= 0:
+            raise ValueError("batch_size, max_steps and lr must be positive")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How many items the periodic (val) and final (test) evaluations use."""
+
+    n_vqa: int = 540                  # 60 per question kind
+    n_caption: int = 200
+    n_t2i: int = 200
+    n_geneval: int = 20               # per GenEval category
+    n_edit: int = 200
+    n_holdout: int = 100
+    n_digits: int = 200
+    guidance: float = 1.0
+    quick_fraction: float = 0.25      # periodic evaluation during training uses this share
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "shapes-ar"
+    paradigm: ParadigmName = "ar"
+    ar: ARConfig = field(default_factory=ARConfig)
+    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
+        dim=256, n_layers=6, n_heads=8, max_seq_len=256))
+    data: DataConfig = field(default_factory=DataConfig)
+    image_tokenizer: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+    image_tokenizer_path: str = ""    # an already trained tokenizer folder; "" = train one
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,115 @@
+"""Training data: task sources (ShapesWorld, digits) -> examples -> token turns -> batches.
+
+The stream is a pure function of (seed, step): batch s holds examples s*B .. s*B+B-1 of the
+train split, each task drawn from the mixture by a generator seeded with (seed, s). Resuming at
+step s therefore reproduces the exact batch without saving any RNG state.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from ..data.splits import Example, ShapesWorld, WorldConfig
+from ..paradigms.base import Paradigm, Turn
+from ..paradigms.sequence import Batch, collate
+
+
+class DigitsSource:
+    """Digits as a task source: caption ("the digit 7"), vqa ("What digit is this?"), t2i."""
+
+    tasks = ("caption", "vqa", "t2i")
+
+    def __init__(self, split: str, image_size: int = 32):
+        from ..data.digits import Digits
+        self.d = Digits(split, image_size=image_size)
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.d)
+
+    def example(self, i: int, task: str) -> Example:
+        from ..data import digits as D
+        j = i % len(self.d)
+        rng = random.Random(i * 7 + {"caption": 1, "vqa": 2, "t2i": 3}[task])
+        lab, img = self.d.label(j), self.d.image(j)
+        if task == "caption":
+            return Example("caption", i, "Describe the picture.", image=img,
+                           target_text=D.prompt(lab), kind="digit", meta={"label": lab})
+        if task == "vqa":
+            return Example("vqa", i, D.question(rng), image=img,
+                           target_text=D.answer(lab), kind="digit", meta={"label": lab})
+        if task == "t2i":
+            prompt = D.prompt(lab, rng if self.split == "train" else None)
+            return Example("t2i", i, prompt, target_image=img, kind="digit", meta={"label": lab})
+        raise ValueError(f"digits have no {task!r} task; known: {', '.join(self.tasks)}")
+
+
+def make_source(dataset: str, split: str, world: WorldConfig):
+    if dataset == "shapes":
+        return ShapesWorld(split, world)
+    if dataset == "digits":
+        return DigitsSource(split, world.image_size)
+    raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")
+
+
+class Encoder:
+    """Examples -> Turns: text through the BPE, images through the image tokenizer (batched)."""
+
+    def __init__(self, text_tok, image_tok):
+        self.text = text_tok
+        self.image = image_tok
+
+    def ids(self, s: str) -> list[int]:
+        return self.text.encode(s)
+
+    def codes(self, images: list[np.ndarray]) -> list[list[int]]:
+        if not images:
+            return []
+        c = self.image.encode(np.stack(images))               # (n, h, w)
+        return c.reshape(len(images), -1).tolist()
+
+    def turns(self, examples: list[Example]) -> list[Turn]:
+        imgs = [e.image for e in examples if e.image is not None]
+        tgts = [e.target_image for e in examples if e.target_image is not None]
+        img_codes, tgt_codes = iter(self.codes(imgs)), iter(self.codes(tgts))
+        out = []
+        for e in examples:
+            out.append(Turn(
+                e.task, self.ids(e.text),
+                next(img_codes) if e.image is not None else None,
+                self.ids(e.target_text) if e.target_text is not None else None,
+                next(tgt_codes) if e.target_image is not None else None))
+        return out
+
+
+class TaskStream:
+    def __init__(self, source, encoder: Encoder, paradigm: Paradigm, weights: dict[str, float],
+                 batch_size: int, seed: int):
+        self.source, self.enc, self.paradigm = source, encoder, paradigm
+        self.tasks = list(weights)
+        self.weights = [weights[t] for t in self.tasks]
+        self.B, self.seed = batch_size, seed
+
+    def batch(self, step: int) -> Batch:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        idx = range(step * self.B, (step + 1) * self.B)
+        tasks = rng.choices(self.tasks, self.weights, k=self.B)
+        examples = [self.source.example(i, t) for i, t in zip(idx, tasks)]
+        turns = self.enc.turns(examples)
+        seqs = [self.paradigm.format(t, rng) for t in turns]
+        return collate(seqs, self.paradigm.vocab.pad, tasks)
+
+
+def text_corpus(source, n: int) -> list[str]:
+    """Every string the model reads or writes in n train examples per task (fits the BPE)."""
+    out = []
+    for task in getattr(source, "tasks", ("caption", "vqa", "t2i", "edit")):
+        for i in range(n):
+            e = source.example(10 ** 8 + i, task) if isinstance(source, ShapesWorld) \
+                else source.example(i, task)
+            out.append(e.text)
+            if e.target_text:
+                out.append(e.target_text)
+    return out

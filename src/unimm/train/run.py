@@ -1,0 +1,135 @@
+"""A run folder and how its parts are built or loaded (shared by training and Pipeline.load).
+
+    run_dir/
+      config.json          the resolved RunConfig (+ vocabulary sizes); reloads the run exactly
+      tokenizer/image/     image tokenizer (safetensors + json)
+      tokenizer/text/      byte-level BPE (json)
+      model.safetensors    weights to serve (EMA weights when EMA is on)
+      ckpt/                resumable state: model, EMA, optimizer, step
+      metrics.csv, curves.png, eval.json, samples.png
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..model.unified import TokenModel
+from ..paradigms import build_paradigm
+from ..paradigms.base import Paradigm
+from ..paradigms.sequence import Vocab
+from ..tokenizers.image import ImageTokenizer, load_image_tokenizer
+from ..tokenizers.text import TextTokenizer
+from ..utils.config import ConfigError, from_dict, to_dict
+from ..utils.io import write_json
+from .config import RunConfig
+from .data import make_source, text_corpus
+
+RUN_FORMAT = "unimm.run"
+RUN_VERSION = 1
+
+
+class RunError(ValueError):
+    pass
+
+
+@dataclass
+class Parts:
+    cfg: RunConfig
+    vocab: Vocab
+    text_tok: TextTokenizer
+    image_tok: ImageTokenizer
+    model: TokenModel
+    paradigm: Paradigm
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("device 'cuda' was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _train_image_tokenizer(cfg: RunConfig, out: Path) -> None:
+    from ..tokenizers.train_image import train_image_tokenizer
+    tc = cfg.image_tokenizer
+    if tc.tokenizer.image_size != cfg.data.world.image_size:
+        raise ConfigError(f"image_tokenizer.tokenizer.image_size ({tc.tokenizer.image_size}) "
+                          f"must equal data.world.image_size ({cfg.data.world.image_size})")
+    kw = {} if cfg.data.dataset == "shapes" else {"dataset": cfg.data.dataset}
+    train_image_tokenizer(tc, out, progress=False, **kw)
+
+
+def prepare_tokenizers(cfg: RunConfig, run_dir: Path) -> tuple[TextTokenizer, ImageTokenizer]:
+    """Load the run's tokenizers, training (or copying) them first if the run has none."""
+    img_dir, txt_dir = run_dir / "tokenizer" / "image", run_dir / "tokenizer" / "text"
+    if not (img_dir / "tokenizer.json").is_file():
+        if cfg.image_tokenizer_path:
+            src = Path(cfg.image_tokenizer_path)
+            if not (src / "tokenizer.json").is_file():
+                raise RunError(f"image_tokenizer_path {src} holds no tokenizer.json")
+            img_dir.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, img_dir, dirs_exist_ok=True)
+        else:
+            _train_image_tokenizer(cfg, img_dir)
+    if not (txt_dir / "text_tokenizer.json").is_file():
+        src = make_source(cfg.data.dataset, "train", cfg.data.world)
+        tok = TextTokenizer.train(text_corpus(src, cfg.data.text_corpus), cfg.data.text_vocab_size)
+        tok.save(txt_dir)
+    return TextTokenizer.load(txt_dir), load_image_tokenizer(img_dir)
+
+
+def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
+    if image_tok.image_size != cfg.data.world.image_size:
+        raise RunError(f"the image tokenizer reads {image_tok.image_size}px images but the data "
+                       f"is {cfg.data.world.image_size}px")
+    vocab = Vocab(text_tok.vocab_size, image_tok.codebook_size, tuple(image_tok.grid))
+    model = TokenModel(vocab.size, cfg.model)
+    return Parts(cfg, vocab, text_tok, image_tok, model, build_paradigm(cfg.paradigm, vocab, cfg))
+
+
+def save_config(cfg: RunConfig, vocab: Vocab, run_dir: Path) -> None:
+    write_json(run_dir / "config.json", {
+        "format": RUN_FORMAT, "version": RUN_VERSION, "config": to_dict(cfg),
+        "vocab": {"n_text": vocab.n_text, "n_codes": vocab.n_codes, "grid": list(vocab.grid)}})
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    p = Path(run_dir) / "config.json"
+    if not p.is_file():
+        raise RunError(f"{run_dir} is not a unimm run: no config.json")
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{p} is not valid JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != RUN_FORMAT:
+        raise RunError(f"{p} is not a unimm run config (format tag missing)")
+    return from_dict(RunConfig, d["config"])
+
+
+def load_run(run_dir, device="cpu") -> Parts:
+    """Rebuild a saved run for inference (weights: model.safetensors, else the checkpoint)."""
+    from .checkpoint import find_checkpoint, load_weights
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    try:
+        text_tok = TextTokenizer.load(run_dir / "tokenizer" / "text")
+        image_tok = load_image_tokenizer(run_dir / "tokenizer" / "image")
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run_dir}: cannot load the tokenizers ({e})") from None
+    parts = build_parts(cfg, text_tok, image_tok)
+    w = run_dir / "model.safetensors"
+    if not w.is_file():
+        ck = find_checkpoint(run_dir / "ckpt")
+        if ck is None:
+            raise RunError(f"{run_dir} has no weights (model.safetensors or ckpt/)")
+        w = ck / ("ema.safetensors" if (ck / "ema.safetensors").is_file() else "model.safetensors")
+    load_weights(parts.model, w)
+    parts.model.to(device).eval()
+    image_tok.to(device).eval()
+    return parts

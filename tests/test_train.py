@@ -1,0 +1,163 @@
+"""Training, checkpoints, the Pipeline and the CLI on a tiny run (seconds)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unimm.data.images import ImageError
+from unimm.data.splits import ShapesWorld
+from unimm.pipeline import InputError, Pipeline
+from unimm.train.checkpoint import CheckpointError
+from unimm.train.config import RunConfig
+from unimm.train.run import RunError
+from unimm.train.trainer import Trainer
+from unimm.utils.config import load_config
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    from unimm.tokenizers.train_image import train_image_tokenizer
+    cfg = load_config(RunConfig, "configs/tiny.toml")
+    out = tmp_path_factory.mktemp("tok")
+    train_image_tokenizer(cfg.image_tokenizer, out, progress=False)
+    return out
+
+
+def tiny(tok, *over):
+    return load_config(RunConfig, "configs/tiny.toml", [f"image_tokenizer_path={tok}", *over])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_tokenizer, tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    tr = Trainer(tiny(tiny_tokenizer), d, progress=False)
+    tr.fit()
+    return d, tr
+
+
+def test_kill_and_resume_gives_the_same_next_loss(tiny_tokenizer, tmp_path):
+    cfg = tiny(tiny_tokenizer, "train.ema=0.9")
+    a = Trainer(cfg, tmp_path / "a", progress=False)
+    losses = [a.train_step()["loss"] for _ in range(5)]
+    b = Trainer(cfg, tmp_path / "b", progress=False)
+    for _ in range(3):
+        b.train_step()
+    b.checkpoint()
+    del b                                              # "kill"
+    c = Trainer(cfg, tmp_path / "b", progress=False)
+    assert c.resume() and c.step == 3
+    nxt = [c.train_step()["loss"] for _ in range(2)]
+    assert nxt == pytest.approx(losses[3:], rel=1e-6, abs=1e-7)
+    assert losses[3] != losses[2]
+
+
+def test_training_writes_logs_curves_and_weights(tiny_run):
+    d, tr = tiny_run
+    for f in ("config.json", "model.safetensors", "metrics.csv", "curves.png",
+              "tokenizer/image/tokenizer.json", "tokenizer/text/text_tokenizer.json", "ckpt/state.json"):
+        assert (d / f).is_file(), f
+    st = json.loads((d / "ckpt" / "state.json").read_text())
+    assert st["step"] == 12
+    assert not any(p.name.startswith(".") for p in d.iterdir())     # no temp leftovers
+
+
+def test_saved_run_reloads_to_identical_outputs(tiny_run):
+    d, tr = tiny_run
+    live = Pipeline(tr.parts, model=tr.model.eval())
+    loaded = Pipeline.load(d, device="cpu")
+    w = ShapesWorld("test")
+    imgs = [w.image(i) for i in range(3)]
+    qs = ["How many shapes are there?", "What color is the circle?", "Describe the picture."]
+    assert live.answer(imgs, qs) == loaded.answer(imgs, qs)
+    for a, b in zip(live.draw(["a red circle", "two squares"]), loaded.draw(["a red circle", "two squares"])):
+        assert np.array_equal(a, b)
+    e1 = live.edit(imgs[0], "Remove the circle.", seed=1, temperature=1.0)
+    e2 = loaded.edit(imgs[0], "Remove the circle.", seed=1, temperature=1.0)
+    assert np.array_equal(e1, e2)
+
+
+def test_pipeline_rejects_bad_inputs(tiny_run, tmp_path):
+    d, _ = tiny_run
+    pipe = Pipeline.load(d, device="cpu")
+    img = ShapesWorld("test").image(0)
+    with pytest.raises(InputError, match="empty"):
+        pipe.generate("   ")
+    with pytest.raises(InputError, match="characters"):
+        pipe.generate("a red circle " * 200)
+    with pytest.raises(InputError, match="n must"):
+        pipe.generate("a circle", n=0)
+    with pytest.raises(InputError, match="guidance"):
+        pipe.generate("a circle", guidance=-1)
+    with pytest.raises(InputError, match="top_p"):
+        pipe.generate("a circle", top_p=0)
+    with pytest.raises(InputError, match="string"):
+        pipe.ask(img, 42)
+    with pytest.raises(ImageError, match="no such file"):
+        pipe.caption(tmp_path / "missing.png")
+    Image.new("RGB", (8000, 8000)).save(tmp_path / "huge.png")
+    with pytest.raises(ImageError, match="over the limit"):
+        pipe.caption(tmp_path / "huge.png")
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "rgba.png")
+    with pytest.raises(ImageError, match="transparent"):
+        pipe.caption(tmp_path / "rgba.png")
+    Image.new("L", (32, 32)).save(tmp_path / "gray.png")
+    with pytest.raises(ImageError, match="greyscale"):
+        pipe.caption(tmp_path / "gray.png")
+    with pytest.raises(ImageError, match="32x32"):
+        pipe.caption(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_corrupt_and_mismatched_checkpoints(tiny_run, tmp_path):
+    d, _ = tiny_run
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Pipeline.load(bad, device="cpu")
+    mism = tmp_path / "mism"
+    shutil.copytree(d, mism)
+    cfg = json.loads((mism / "config.json").read_text())
+    cfg["config"]["model"]["n_layers"] = 2
+    (mism / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not match"):
+        Pipeline.load(mism, device="cpu")
+    (mism / "config.json").write_text("{not json")
+    with pytest.raises(RunError, match="not valid JSON"):
+        Pipeline.load(mism, device="cpu")
+    with pytest.raises(RunError, match="no run folder"):
+        Pipeline.load(tmp_path / "nothing", device="cpu")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "unimm.cli.main", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_inference_commands(tiny_run, tmp_path):
+    d, _ = tiny_run
+    img = tmp_path / "s.png"
+    Image.fromarray(ShapesWorld("test").image(1)).save(img)
+    r = _cli("ask", str(img), "How many shapes are there?", "--run", str(d))
+    assert r.returncode == 0, r.stderr
+    r = _cli("generate", "a red circle", "-o", str(tmp_path / "g.png"), "--n", "2", "--run", str(d),
+             "--temperature", "1", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g_0.png").is_file() and (tmp_path / "g_1.png").is_file()
+    r = _cli("edit", str(img), "Remove the circle.", "-o", str(tmp_path / "e.png"), "--run", str(d))
+    assert r.returncode == 0 and (tmp_path / "e.png").is_file(), r.stderr
+    for args, msg in [(("generate", "", "--run", str(d)), "empty"),
+                      (("caption", str(tmp_path / "nope.png"), "--run", str(d)), "no such file"),
+                      (("ask", str(img), "hi", "--run", str(tmp_path)), "no config.json")]:
+        r = _cli(*args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_train_cli_rejects_unknown_keys(tmp_path):
+    r = _cli("train", "configs/tiny.toml", "--set", "train.lrr=1", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "unknown config key train.lrr" in r.stderr
