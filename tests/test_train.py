@@ -161,3 +161,13 @@ def test_cli_inference_commands(tiny_run, tmp_path):
 def test_train_cli_rejects_unknown_keys(tmp_path):
     r = _cli("train", "configs/tiny.toml", "--set", "train.lrr=1", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown config key train.lrr" in r.stderr
+
+
+def test_demo_runs_on_any_run(tiny_run, tmp_path):
+    d, _ = tiny_run
+    r = _cli("demo", "--run", str(d), "-o", str(tmp_path / "demo"), "--seed", "0")
+    assert r.returncode == 0, r.stderr
+    report = (tmp_path / "demo" / "report.md").read_text()
+    for png in ("questions.png", "generate.png", "edit.png"):
+        assert (tmp_path / "demo" / png).is_file() and png in report
+    assert "answers right" in report

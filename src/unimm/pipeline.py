@@ -13,7 +13,6 @@ and the server are thin adapters over this class.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,9 @@ class Pipeline:
         self.image_size = self.cfg.data.world.image_size
         ev = self.cfg.eval
         self.default_guidance = ev.guidance
+        # getattr: runs whose EvalConfig predates the sampling fields default to greedy
+        self.default_sampling = SamplingConfig(getattr(ev, "temperature", 0.0),
+                                               getattr(ev, "top_k", 0), getattr(ev, "top_p", 1.0))
 
     @classmethod
     def load(cls, run: str | os.PathLike | None = None, device: str = "auto") -> "Pipeline":
@@ -91,12 +93,15 @@ class Pipeline:
             c = self.parts.image_tok.encode(np.stack(images))
         return c.reshape(len(images), -1).tolist()
 
-    @staticmethod
-    def _sampling(temperature, top_k, top_p) -> SamplingConfig:
+    def _sampling(self, temperature, top_k, top_p) -> SamplingConfig:
+        d = self.default_sampling
         try:
-            return SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-        except ValueError as e:
-            raise InputError(str(e)) from None
+            return SamplingConfig(
+                temperature=d.temperature if temperature is None else float(temperature),
+                top_k=d.top_k if top_k is None else int(top_k),
+                top_p=d.top_p if top_p is None else float(top_p))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"bad sampling option: {e}") from None
 
     # ---- batched core ------------------------------------------------------------------------
     @torch.no_grad()
@@ -119,9 +124,11 @@ class Pipeline:
 
     @torch.no_grad()
     def draw(self, prompts, images=None, guidance: float | None = None,
-             sampling: SamplingConfig = GREEDY, seed: int | None = None) -> list[np.ndarray]:
-        """Generate one image per prompt (editing when `images` are given), batched."""
+             sampling: SamplingConfig | None = None, seed: int | None = None) -> list[np.ndarray]:
+        """Generate one image per prompt (editing when `images` are given), batched. Guidance
+        and sampling default to the run's measured choice (config `eval`)."""
         guidance = self.default_guidance if guidance is None else float(guidance)
+        sampling = self.default_sampling if sampling is None else sampling
         if not 0 <= guidance <= 20:
             raise InputError(f"guidance must lie in [0, 20], got {guidance}")
         room = self.vocab.n_image * (2 if images is not None else 1) + 8
@@ -152,17 +159,17 @@ class Pipeline:
         return self.answer([image], [question])[0]
 
     def generate(self, prompt: str, n: int = 1, guidance: float | None = None,
-                 seed: int | None = None, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0) -> list[np.ndarray]:
-        """n images for one prompt. temperature 0 is greedy (n identical images); use
-        temperature > 0 for variety."""
+                 seed: int | None = None, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
+        """n images for one prompt. Unset options take the run's defaults; temperature 0 is
+        greedy (n identical images), so use temperature > 0 for variety."""
         if not isinstance(n, int) or not 1 <= n <= 64:
             raise InputError(f"n must be an integer in [1, 64], got {n!r}")
         return self.draw([prompt] * n, None, guidance, self._sampling(temperature, top_k, top_p), seed)
 
     def edit(self, image, instruction: str, guidance: float | None = None,
-             seed: int | None = None, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0) -> np.ndarray:
+             seed: int | None = None, temperature: float | None = None,
+             top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
         return self.draw([instruction], [image], guidance,
                          self._sampling(temperature, top_k, top_p), seed)[0]
 
@@ -176,4 +183,3 @@ def _generator(seed: int | None, device) -> torch.Generator:
 
 
 __all__ = ["Pipeline", "InputError", "default_run_dir"]
-_ = replace

@@ -213,8 +213,8 @@ def generate_cmd(
     n: int = typer.Option(1, "--n", min=1, max=64),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
     seed: Optional[int] = typer.Option(None),
-    temperature: float = typer.Option(0.0, help="0 = greedy."),
-    top_k: int = typer.Option(0), top_p: float = typer.Option(1.0),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy (default: the run's choice)."),
+    top_k: Optional[int] = typer.Option(None), top_p: Optional[float] = typer.Option(None),
     run: Optional[Path] = typer.Option(None, help=RUN_HELP),
 ):
     """Draw an image from a prompt."""
@@ -229,7 +229,7 @@ def edit_cmd(
     image: Path = typer.Argument(...), instruction: str = typer.Argument(...),
     out: Path = typer.Option(Path("edited.png"), "-o", "--out"),
     guidance: Optional[float] = typer.Option(None), seed: Optional[int] = typer.Option(None),
-    temperature: float = typer.Option(0.0),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy (default: the run's choice)."),
     run: Optional[Path] = typer.Option(None, help=RUN_HELP),
 ):
     """Edit an image following an instruction."""
@@ -293,14 +293,32 @@ def bench_world_cmd(
     _echo_json(r)
 
 
+@bench_app.command("decoding")
+def bench_decoding_cmd(
+    run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+    n_t2i: int = typer.Option(150, min=1), n_edit: int = typer.Option(100, min=1),
+    out: Path = typer.Option(Path("results/bench_decoding.json"), "-o", "--out"),
+):
+    """Image-sampling settings (greedy / temperature / nucleus, guidance) measured on val."""
+    from ..bench.decoding import bench_decoding
+    from ..utils.io import write_json
+    r = bench_decoding(_pipe(run), n_t2i, n_edit)
+    write_json(out, r)
+    typer.echo(f"wrote {out}")
+
+
 # ----------------------------------------------------------------------------------------------
 # demo
 
 @app.command("demo")
-def demo_cmd(out: Path = typer.Option(Path("demo_out"), "-o", "--out", help="Folder for report.md and PNGs.")):
-    """Show the world: captioned grids, questions with answers, edits, and the judge at work."""
+def demo_cmd(
+    out: Path = typer.Option(Path("demo_out"), "-o", "--out", help="Folder for report.md and PNGs."),
+    run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+    seed: Optional[int] = typer.Option(None, help="Which fresh test scenes (random if omitted)."),
+):
+    """Answer questions about fresh test scenes, draw and edit, with the judge's verdicts."""
     from ..demo import run_demo
-    report = run_demo(out)
+    report = run_demo(out, run, seed)
     typer.echo(f"wrote {report}")
 
 

@@ -2,7 +2,7 @@
 
 backbone.py  BackboneConfig, Backbone (forward, new_cache, num_params, flops_per_token)
 layers.py    RMSNorm, Attention, SwiGLU, Block: the one copy of each block
-rotary.py    M-RoPE over (seq, row, col) positions; positions_1d / positions_image helpers
+rotary.py    M-RoPE over (seq, row, col) positions; text (t, t, t) and image (t, r, c) helpers
 cache.py     KVCache: preallocated, written at an explicit start, rows selectable
 masks.py     boolean "may attend" builders: causal, span (bidirectional images), padding
 """

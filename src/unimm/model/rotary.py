@@ -113,11 +113,9 @@ def positions_1d(batch: int, length: int, offset: int | Tensor = 0,
 
 def positions_image(batch: int, h: int, w: int, start: int = 0,
                     device: torch.device | str | None = None) -> Tensor:
-    """Long (b, h*w, 3) positions (start, start + r, start + c) of a row-major h x w image.
-
-    Text after the image continues at `start + max(h, w)` (Qwen2-VL)."""
-    r = torch.arange(h, device=device).repeat_interleave(w)  # (h*w,)
-    c = torch.arange(w, device=device).repeat(h)
-    s = torch.zeros_like(r)
-    pos = torch.stack((s, r, c), dim=-1) + start  # (h*w, 3)
+    """Long (b, h*w, 3) positions (start + k, r, c) of a row-major h x w image whose first code
+    sits at sequence index `start`: the sequence coordinate keeps the 1-D order and row / col are
+    absolute, so two images share 2-D coordinates (the convention of paradigms/sequence.py)."""
+    k = torch.arange(h * w, device=device)
+    pos = torch.stack((start + k, k // w, k % w), dim=-1)  # (h*w, 3)
     return pos.expand(batch, h * w, 3).contiguous()

@@ -122,7 +122,7 @@ class Builder:
 
 def image_positions(t0, k: int, grid: tuple[int, int]):
     """Position triple of the k-th code of an image whose first code sits at index t0 (an int
-    or a (B,) tensor): (t0 + k, row, col)."""
+    or a (B,) tensor): (t0 + k, row, col); one step of model.rotary.positions_image."""
     r, c = divmod(k, grid[1])
     if isinstance(t0, torch.Tensor):
         return torch.stack([t0 + k, torch.full_like(t0, r), torch.full_like(t0, c)], dim=-1)

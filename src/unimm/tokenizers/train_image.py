@@ -80,15 +80,37 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
+def read_scenes(images: np.ndarray) -> list:
+    """What the exact judge sees in ShapesWorld images (comparable keys)."""
+    return [s.key() for s in judge_batch(images)]
+
+
+def read_digits(images: np.ndarray) -> list:
+    """What the independent digit classifier reads in digit images."""
+    from ..eval.digits_judge import get_digit_judge
+    return [int(x) for x in get_digit_judge().classify(images)]
+
+
+class _DigitImages:
+    """Digits split with the `image(i)` interface of ShapesWorld (cycling through the split)."""
+
+    def __init__(self, split: str, image_size: int):
+        from ..data.digits import Digits
+        self.d = Digits(split, image_size=image_size)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.d.image(i % len(self.d))
+
+
 @torch.no_grad()
-def evaluate(tok: ImageTokenizer, images: np.ndarray, truth=None) -> dict:
-    """Judge exact-match, PSNR, codebook usage/perplexity of decode(encode(images))."""
+def evaluate(tok: ImageTokenizer, images: np.ndarray, truth=None, reader=read_scenes) -> dict:
+    """Judge exact-match, PSNR, codebook usage/perplexity of decode(encode(images)).
+    `reader` turns images into comparable readings (ShapesWorld judge or digit classifier)."""
     codes = tok.encode(images)
     recon = tok.decode(codes)
     if truth is None:
-        truth = [s.key() for s in judge_batch(images)]
-    judged = judge_batch(recon)
-    exact = float(np.mean([j.key() == t for j, t in zip(judged, truth)]))
+        truth = reader(images)
+    exact = float(np.mean([j == t for j, t in zip(reader(recon), truth)]))
     out = {"judge_exact": exact, "psnr": psnr(recon, images), "n_images": int(len(images))}
     out.update(tok.code_stats(codes))
     return out
@@ -100,7 +122,7 @@ def _machine() -> dict:
 
 
 def train_image_tokenizer(cfg: TokenizerTrainConfig, out_dir, minutes: float | None = None,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, dataset: str = "shapes") -> dict:
     """Train, evaluate and save a tokenizer into out_dir; return the metrics dict (also written
     to out_dir/metrics.json). `minutes` caps the wall-clock training time."""
     out = Path(out_dir)
@@ -110,8 +132,15 @@ def train_image_tokenizer(cfg: TokenizerTrainConfig, out_dir, minutes: float | N
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     tcfg = cfg.tokenizer
-    world = WorldConfig(image_size=tcfg.image_size)
-    train, val, test = (ShapesWorld(s, world) for s in ("train", "val", "test"))
+    if dataset == "shapes":
+        world = WorldConfig(image_size=tcfg.image_size)
+        train, val, test = (ShapesWorld(s, world) for s in ("train", "val", "test"))
+        reader = read_scenes
+    elif dataset == "digits":
+        train, val, test = (_DigitImages(s, tcfg.image_size) for s in ("train", "val", "test"))
+        reader = read_digits
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")
     tok = build_image_tokenizer(tcfg)
     opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -119,7 +148,7 @@ def train_image_tokenizer(cfg: TokenizerTrainConfig, out_dir, minutes: float | N
     load_start = _machine()
 
     val_imgs = _images(val, 0, cfg.val_images)
-    val_truth = [s.key() for s in judge_batch(val_imgs)]
+    val_truth = reader(val_imgs)
     # Seed the codebook from data (k-means++) before the first step.
     init = tok.to_pixels(_images(train, 10 ** 8, cfg.init_images))
     with torch.no_grad():
@@ -148,7 +177,7 @@ def train_image_tokenizer(cfg: TokenizerTrainConfig, out_dir, minutes: float | N
         last = step + 1 == cfg.steps or (deadline is not None and time.perf_counter() > deadline)
         if (step + 1) % cfg.eval_every == 0 or last:
             tok.eval()
-            ev = evaluate(tok, val_imgs, val_truth)
+            ev = evaluate(tok, val_imgs, val_truth, reader)
             ev.update(step=step + 1, seconds=round(time.perf_counter() - t0, 1),
                       recon_loss=lo["recon"].item(), restarts=restarts)
             history.append(ev)
@@ -162,7 +191,7 @@ def train_image_tokenizer(cfg: TokenizerTrainConfig, out_dir, minutes: float | N
 
     t1 = time.perf_counter()
     test_imgs = _images(test, 0, cfg.test_scenes)
-    final = evaluate(tok, test_imgs)
+    final = evaluate(tok, test_imgs, reader=reader)
     eval_s = time.perf_counter() - t1
     metrics = {
         "test": final,

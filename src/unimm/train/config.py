@@ -72,7 +72,12 @@ class EvalConfig:
     n_edit: int = 200
     n_holdout: int = 100
     n_digits: int = 200
+    # Image sampling defaults of the run (also Pipeline.generate's defaults): chosen by measuring
+    # on val, recorded in the model card.
     guidance: float = 1.0
+    temperature: float = 0.0          # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
     quick_fraction: float = 0.25      # periodic evaluation during training uses this share
 
 

@@ -61,8 +61,7 @@ def _train_image_tokenizer(cfg: RunConfig, out: Path) -> None:
     if tc.tokenizer.image_size != cfg.data.world.image_size:
         raise ConfigError(f"image_tokenizer.tokenizer.image_size ({tc.tokenizer.image_size}) "
                           f"must equal data.world.image_size ({cfg.data.world.image_size})")
-    kw = {} if cfg.data.dataset == "shapes" else {"dataset": cfg.data.dataset}
-    train_image_tokenizer(tc, out, progress=False, **kw)
+    train_image_tokenizer(tc, out, progress=False, dataset=cfg.data.dataset)
 
 
 def prepare_tokenizers(cfg: RunConfig, run_dir: Path) -> tuple[TextTokenizer, ImageTokenizer]:

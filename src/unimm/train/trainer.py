@@ -165,8 +165,9 @@ class Trainer:
             if tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.max_steps:
                 ev = {f"val/{k}": v for k, v in self.evaluate().items() if isinstance(v, float)}
                 self.history.append({"step": self.step, **ev})
-                bar.write(f"step {self.step}: " + ", ".join(
-                    f"{k[4:]} {v:.3f}" for k, v in ev.items() if k.count("/") == 1))
+                bar.write(f"step {self.step}: " + ", ".join(      # headline numbers only
+                    f"{k[4:]} {v:.3f}" for k, v in ev.items()
+                    if k.endswith(("/overall", "/scene_correct", "/full_scene", "/success"))))
             if self.step % tc.ckpt_every == 0:
                 self.checkpoint()
             bar.update(1)

@@ -1,0 +1,39 @@
+"""The model that ships with the package: it loads offline and actually sees and draws.
+
+These are quality floors far below the model card's numbers, so they catch a broken or
+mismatched shipped model, not noise."""
+
+import numpy as np
+import pytest
+
+from unimm.data.splits import ShapesWorld
+from unimm.data.text import normalize_answer
+from unimm.eval.judge import judge_batch
+from unimm.pipeline import Pipeline, default_run_dir
+
+pytestmark = pytest.mark.skipif(not (default_run_dir() / "config.json").is_file(),
+                                reason="no default model installed")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline.load(device="cpu")
+
+
+def test_default_model_is_small_and_self_contained():
+    d = default_run_dir()
+    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20, size
+    assert (d / "MODEL_CARD.md").is_file()
+
+
+def test_default_model_answers_and_draws(pipe):
+    w = ShapesWorld("test")
+    exs = [w.vqa_example(i) for i in range(60)]
+    preds = pipe.answer([e.image for e in exs], [e.text for e in exs])
+    acc = np.mean([normalize_answer(p) == normalize_answer(e.target_text) for p, e in zip(preds, exs)])
+    assert acc >= 0.7, acc
+    t2i = [w.t2i_example(i, geneval=False) for i in range(24)]
+    judged = judge_batch(np.stack(pipe.draw([e.text for e in t2i])))
+    full = np.mean([e.target_scene.key() == j.key() for e, j in zip(t2i, judged)])
+    assert full >= 0.6, full
