@@ -195,3 +195,16 @@ def test_sampling_helpers():
     assert torch.allclose(guide(two, 2.0), torch.tensor([[2.0, 0.0]]))
     with pytest.raises(ValueError):
         SamplingConfig(top_p=0)
+
+
+def test_codebook_initialised_code_embeddings_follow_the_codebook():
+    m = model()
+    cb = torch.randn(V.n_codes, 8)
+    cb[1] = cb[0] + 0.01 * torch.randn(8)                     # two near-identical patches
+    m.init_codes_from(cb, V.code_start)
+    e = m.embed.weight[V.code_start:V.code_start + V.n_codes]
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(e[0], e[1], dim=0) > 0.99
+    assert abs(cos(e[0], e[2], dim=0)) < 0.9
+    assert torch.equal(e, m.head.weight[V.code_start:V.code_start + V.n_codes])
+    assert 0.01 < e.std().item() < 0.04

@@ -11,6 +11,7 @@ from PIL import Image
 
 from unimm.data.images import ImageError
 from unimm.data.splits import ShapesWorld
+from unimm.paradigms.sampling import SamplingConfig
 from unimm.pipeline import InputError, Pipeline
 from unimm.train.checkpoint import CheckpointError
 from unimm.train.config import RunConfig
@@ -171,3 +172,15 @@ def test_demo_runs_on_any_run(tiny_run, tmp_path):
     for png in ("questions.png", "generate.png", "edit.png"):
         assert (tmp_path / "demo" / png).is_file() and png in report
     assert "answers right" in report
+
+
+def test_answers_fit_a_short_context(tiny_tokenizer, tmp_path):
+    # 64 image codes + question + answer in a 96-token context: answers are cut to the room
+    # left instead of refusing the question (a bug the digits run hit).
+    tr = Trainer(tiny(tiny_tokenizer, "model.max_seq_len=96"), tmp_path / "short", progress=False)
+    pipe = Pipeline(tr.parts, model=tr.model.eval())
+    out = pipe.answer([ShapesWorld("test").image(0)] * 2, ["What color is the circle?", "How many?"],
+                      sampling=SamplingConfig(1.0), seed=0)
+    assert len(out) == 2
+    with pytest.raises(InputError, match="tokens long"):
+        pipe.ask(ShapesWorld("test").image(0), "circle " * 40)

@@ -25,6 +25,7 @@ from .train.run import Parts, RunError, load_run, resolve_device
 
 MAX_PROMPT_CHARS = 1000
 MAX_BATCH = 32
+MIN_ANSWER = 16                 # tokens an answer may always use
 DEFAULT_RUN = Path(__file__).parent / "assets" / "default"
 
 
@@ -110,15 +111,19 @@ class Pipeline:
         """Answer questions about images (one each), batched."""
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions")
-        n = self.vocab.n_image + 8 + max_new
+        # The question must leave room for at least a short answer; the answer is then cut at
+        # whatever length the context still allows.
+        room = self.vocab.n_image + 8 + MIN_ANSWER
         imgs = [self._image(im) for im in images]
-        turns = [Turn("vqa", self._ids(q, "question", n), c, None, None)
+        turns = [Turn("vqa", self._ids(q, "question", room), c, None, None)
                  for q, c in zip(questions, self._codes(imgs))]
         gen = _generator(seed, self.device)
         out = []
         for i in range(0, len(turns), MAX_BATCH):
-            ids = self.paradigm.generate_text(self.model, turns[i:i + MAX_BATCH], max_new,
-                                              sampling, gen)
+            chunk = turns[i:i + MAX_BATCH]
+            prefix = max(len(t.text) for t in chunk) + self.vocab.n_image + 6
+            n_new = min(max_new, self.cfg.model.max_seq_len - prefix)
+            ids = self.paradigm.generate_text(self.model, chunk, n_new, sampling, gen)
             out += [self.parts.text_tok.decode(x).strip() for x in ids]
         return out
 

@@ -28,6 +28,20 @@ class TokenModel(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
 
+    @torch.no_grad()
+    def init_codes_from(self, codebook: Tensor, start: int, std: float = 0.02) -> None:
+        """Initialise the embedding and head rows of image codes [start, start + K) as one random
+        projection of the tokenizer's codebook vectors (K, d): codes for similar patches start
+        with similar embeddings, instead of K unrelated random vectors each seen rarely (the
+        role of Janus's aligner over VQ embeddings, here as an initialisation only)."""
+        cb = codebook.float()
+        cb = cb / cb.norm(dim=1, keepdim=True).clamp_min(1e-6)              # (K, d) unit rows
+        proj = torch.randn(cb.shape[1], self.cfg.dim, device=cb.device) * std  # (d, D)
+        rows = (cb @ proj).to(self.embed.weight.dtype)                         # (K, D), std ~ std
+        k = rows.shape[0]
+        self.embed.weight[start:start + k] = rows
+        self.head.weight[start:start + k] = rows
+
     def hidden(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None,
                cache=None, start: int = 0) -> Tensor:
         """(B, T) tokens -> (B, T, D) final hidden states (after the final norm)."""

@@ -91,5 +91,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     image_tokenizer: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
     image_tokenizer_path: str = ""    # an already trained tokenizer folder; "" = train one
+    # Initial embeddings of image codes: independent random vectors, or a random projection of
+    # the tokenizer's codebook (similar patches start similar; see TokenModel.init_codes_from).
+    code_init: Literal["random", "codebook"] = "random"
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

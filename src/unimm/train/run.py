@@ -89,6 +89,8 @@ def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
                        f"is {cfg.data.world.image_size}px")
     vocab = Vocab(text_tok.vocab_size, image_tok.codebook_size, tuple(image_tok.grid))
     model = TokenModel(vocab.size, cfg.model)
+    if cfg.code_init == "codebook":
+        model.init_codes_from(image_tok.quantizer.codebook, vocab.code_start)
     return Parts(cfg, vocab, text_tok, image_tok, model, build_paradigm(cfg.paradigm, vocab, cfg))
 
 
