@@ -63,6 +63,10 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_json(tmp_path / "ok.json", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["ok.json"]
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "ok.json").stat().st_mode & 0o777 == 0o666 & ~umask   # not mkstemp's 0600
 
 
 def test_image_input_errors(tmp_path):
