@@ -85,3 +85,11 @@ def test_bad_config_rejected():
         WorldConfig(holdout="sometimes")
     with pytest.raises(ValueError, match="split"):
         ShapesWorld("dev")
+
+
+def test_canonical_caption_target_is_a_function_of_the_scene():
+    from unimm.data.text import caption
+    w = ShapesWorld("val")
+    for i in range(50):
+        ex = w.caption_example(i)
+        assert ex.target_text == caption(ex.scene)            # no random phrasing in the target

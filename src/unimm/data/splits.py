@@ -101,7 +101,8 @@ class ShapesWorld:
         """Image -> caption. style=None picks a random phrasing (training variety); the
         default 0 is the canonical phrasing used as the exact-match reference."""
         s = self.scene(i)
-        rng = self.rng(i, "caption")
+        # style 0 is fully canonical (position phrases too), so exact match is well defined
+        rng = self.rng(i, "caption") if style != 0 else None
         return Example("caption", i, CAPTION_PROMPT, image=render(s),
                        target_text=caption(s, rng, style), scene=s)
 
