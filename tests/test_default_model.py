@@ -1,7 +1,8 @@
 """The model that ships with the package: it loads offline and actually sees and draws.
 
-These are quality floors far below the model card's numbers, so they catch a broken or
-mismatched shipped model, not noise."""
+These are quality floors well below the model card's numbers (VQA 0.67, text-to-image 0.57 on
+the test split), so they catch a broken or mismatched shipped model, not noise. A random or
+mis-loaded model scores ~0 on drawing and far lower on answering."""
 
 import numpy as np
 import pytest
@@ -32,8 +33,8 @@ def test_default_model_answers_and_draws(pipe):
     exs = [w.vqa_example(i) for i in range(60)]
     preds = pipe.answer([e.image for e in exs], [e.text for e in exs])
     acc = np.mean([normalize_answer(p) == normalize_answer(e.target_text) for p, e in zip(preds, exs)])
-    assert acc >= 0.7, acc
-    t2i = [w.t2i_example(i, geneval=False) for i in range(24)]
+    assert acc >= 0.55, acc
+    t2i = [w.t2i_example(i, geneval=False) for i in range(48)]
     judged = judge_batch(np.stack(pipe.draw([e.text for e in t2i])))
     full = np.mean([e.target_scene.key() == j.key() for e, j in zip(t2i, judged)])
-    assert full >= 0.6, full
+    assert full >= 0.35, full
