@@ -144,6 +144,7 @@ class Trainer:
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress,
                    desc=self.cfg.name, unit="step", dynamic_ncols=True)
         tokens = 0
+        self._last_t = time.perf_counter()         # tokens/s windows start now, also on resume
         while self.step < self.max_steps:
             rec = self.train_step()
             tokens += rec.pop("tokens")
@@ -183,4 +184,4 @@ class Trainer:
         """Seconds since the last log line (for tokens/s)."""
         now = time.perf_counter()
         last, self._last_t = self._last_t, now
-        return now - last if last else self.elapsed
+        return now - (last or now)
