@@ -42,7 +42,7 @@ def card(run: Path, digits: Path | None) -> str:
         "",
         "## Recipe",
         "",
-        f"- Config: `configs/shapes_ar.toml` (`unimm train configs/shapes_ar.toml`); the resolved config is `config.json`.",
+        "- Config: `configs/shapes_ar.toml` (`unimm train configs/shapes_ar.toml`); the resolved config is `config.json`.",
         f"- Backbone: {mc['n_layers']} layers, width {mc['dim']}, {mc['n_heads']} heads, SwiGLU {mc['mlp_hidden']}, "
         f"RMSNorm, M-RoPE with absolute (row, col) for image codes; {n_params / 1e6:.2f}M parameters.",
         f"- Image tokenizer: PatchVQ, 4x4 patches -> 8x8 = 64 codes, codebook {tok['codebook_size']}; "

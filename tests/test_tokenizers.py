@@ -15,8 +15,7 @@ import torch
 from unimm.data.splits import ShapesWorld
 from unimm.tokenizers import (ImageTokenizer, ImageTokenizerConfig, PatchVQ, TokenizerFileError,
                               build_image_tokenizer, load_image_tokenizer)
-from unimm.tokenizers.text import (TextTokenizer, TextTokenizerConfig, TextTokenizerError,
-                                   shapes_corpus)
+from unimm.tokenizers.text import TextTokenizer, TextTokenizerError
 from unimm.tokenizers.train_image import TokenizerTrainConfig, train_image_tokenizer
 from unimm.tokenizers.vq import VectorQuantizer, usage_stats
 from unimm.utils.config import ConfigError, from_dict, load_config
@@ -236,7 +235,9 @@ def test_train_image_tokenizer_writes_outputs(tmp_path):
 
 @pytest.fixture(scope="module")
 def text_tok() -> TextTokenizer:
-    return TextTokenizer.train(shapes_corpus(300), vocab_size=400)
+    from unimm.data.splits import ShapesWorld
+    from unimm.train.data import text_corpus
+    return TextTokenizer.train(text_corpus(ShapesWorld("train"), 300), vocab_size=400)
 
 
 def _random_strings(n: int, seed: int = 0) -> list[str]:
@@ -288,5 +289,5 @@ def test_text_errors(tmp_path, text_tok):
     (tmp_path / "text_tokenizer.json").write_text('{"model": ')
     with pytest.raises(TextTokenizerError, match="not a valid"):
         TextTokenizer.load(tmp_path)
-    with pytest.raises(ValueError):
-        TextTokenizerConfig(vocab_size=100)
+    with pytest.raises(ValueError, match="byte alphabet"):
+        TextTokenizer.train(["some text"], vocab_size=100)

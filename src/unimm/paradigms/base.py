@@ -87,10 +87,6 @@ class Paradigm:
     def loss(self, model: TokenModel, batch: Batch, generator: torch.Generator | None = None):
         raise NotImplementedError
 
-    def attention_mask(self, batch: Batch) -> Tensor | None:
-        """(B, 1, T, T) mask for a right-padded training batch; None means causal."""
-        return None
-
     # ---- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
     def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float,

@@ -8,8 +8,8 @@
 
 from .image import (IMAGE_TOKENIZERS, ConvVQ, ImageTokenizer, ImageTokenizerConfig, PatchVQ,
                     TokenizerFileError, build_image_tokenizer, load_image_tokenizer)
-from .text import TextTokenizer, TextTokenizerConfig, TextTokenizerError, train_text_tokenizer
+from .text import TextTokenizer, TextTokenizerError
 
 __all__ = ["IMAGE_TOKENIZERS", "ConvVQ", "ImageTokenizer", "ImageTokenizerConfig", "PatchVQ",
            "TokenizerFileError", "build_image_tokenizer", "load_image_tokenizer",
-           "TextTokenizer", "TextTokenizerConfig", "TextTokenizerError", "train_text_tokenizer"]
+           "TextTokenizer", "TextTokenizerError"]

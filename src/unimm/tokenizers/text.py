@@ -7,8 +7,8 @@ Notable choices:
   `add_prefix_space=False` and no normaliser, so nothing is added or changed on the way.
 - No special tokens: ids are exactly [0, vocab_size). The model appends its own ranges (BOS,
   image codes, ...) above vocab_size, so nothing here can collide with them.
-- Trained on ShapesWorld language (captions in all phrasings, questions, answers, editing
-  instructions). That language saturates at ~510 tokens (every word becomes one token; BPE
+- Trained on the run's own language (unimm.train.data.text_corpus: every prompt, question,
+  answer, caption and instruction of the training tasks). That language saturates at ~510 tokens (every word becomes one token; BPE
   merges never cross word boundaries), so the default vocab_size is 512: a larger request
   yields the same ~510 tokens. Captions average ~18 tokens (~80 characters).
 - Saved as `text_tokenizer.json` (the `tokenizers` JSON format: data, not pickle).
@@ -20,9 +20,7 @@ encoded; `encode` rejects them with a ValueError.
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -34,21 +32,6 @@ TEXT_FILE = "text_tokenizer.json"
 
 class TextTokenizerError(ValueError):
     """A saved text tokenizer cannot be loaded, or input text cannot be tokenized."""
-
-
-@dataclass(frozen=True)
-class TextTokenizerConfig:
-    vocab_size: int = 512             # the ShapesWorld language saturates at ~510 tokens
-    n_scenes: int = 4000             # train-split scenes whose language trains the BPE
-    image_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self):
-        if not 256 <= self.vocab_size <= 65536:
-            raise ValueError(f"vocab_size must lie in [256, 65536] (256 byte symbols are always "
-                             f"included), got {self.vocab_size}")
-        if self.n_scenes < 1:
-            raise ValueError(f"n_scenes must be >= 1, got {self.n_scenes}")
 
 
 class TextTokenizer:
@@ -143,30 +126,3 @@ class TextTokenizer:
             raise TextTokenizerError(f"{p}: {len(missing)} of the 256 byte symbols are missing, "
                                      "so some text could not be encoded")
         return cls(tok)
-
-
-def shapes_corpus(n_scenes: int = 4000, image_size: int = 32, seed: int = 0) -> Iterator[str]:
-    """ShapesWorld language from train-split scenes: every caption phrasing, a few questions
-    with their answers, and an editing instruction per scene."""
-    from ..data.shapes import scene_from_seed
-    from ..data.text import CAPTION_STYLES, caption, edit, questions
-    rng = random.Random(seed)
-    for i in range(n_scenes):
-        scene = scene_from_seed(seed * 1_000_003 + i, image_size)     # train range: < 1e9
-        for style in range(len(CAPTION_STYLES)):
-            yield caption(scene, rng, style)
-        for qa in questions(scene, rng, 4):
-            yield qa.question
-            yield qa.answer
-        e = edit(scene, rng)
-        if e is not None:
-            yield e.instruction
-
-
-def train_text_tokenizer(cfg: TextTokenizerConfig, out_dir=None) -> TextTokenizer:
-    """Train on `shapes_corpus` and (optionally) save into out_dir."""
-    tok = TextTokenizer.train(shapes_corpus(cfg.n_scenes, cfg.image_size, cfg.seed),
-                              cfg.vocab_size)
-    if out_dir is not None:
-        tok.save(out_dir)
-    return tok
