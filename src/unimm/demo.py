@@ -15,18 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from .data.shapes import HOLDOUT_PAIRS
-from .data.splits import SPLIT_SIZE, ShapesWorld
+from .data.splits import CAPTION_PROMPT, SPLIT_SIZE, ShapesWorld
 from .data.text import EDIT_KINDS, QUESTION_KINDS, caption, normalize_answer, parse_caption
 from .eval.geneval import CATEGORIES, sample_prompt
 from .eval.judge import judge_batch
 from .utils.io import write_text
-from .utils.plot import image_grid
+from .utils.plot import image_grid, side_by_side
 
 GREEN, RED = "green", "red"
-
-
-def _pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.concatenate([a, np.full((a.shape[0], 2, 3), 255, np.uint8), b], axis=1)
 
 
 def run_demo(out: str | Path, run=None, seed: int | None = None, n: int = 8) -> Path:
@@ -52,7 +48,7 @@ def run_demo(out: str | Path, run=None, seed: int | None = None, n: int = 8) -> 
            for i in range(2 * n)]
     preds = pipe.answer([e.image for e in exs], [e.text for e in exs])
     ok = [normalize_answer(p) == normalize_answer(e.target_text) for p, e in zip(preds, exs)]
-    caps = pipe.answer([e.image for e in exs[:n]], ["Describe the picture."] * n)
+    caps = pipe.answer([e.image for e in exs[:n]], [CAPTION_PROMPT] * n)
     cap_ok = [parse_caption(c) == list(e.scene.key()) for c, e in zip(caps, exs[:n])]
     image_grid([e.image for e in exs], [f"Q: {e.text}\nA: {p}" + ("" if k else f"\n(truth: {e.target_text})")
                                         for e, p, k in zip(exs, preds, ok)],
@@ -91,7 +87,7 @@ def run_demo(out: str | Path, run=None, seed: int | None = None, n: int = 8) -> 
     outs = pipe.draw([e.text for e in eds], [e.image for e in eds])
     judged = judge_batch(np.stack(outs))
     ok = [e.target_scene.key() == j.key() for e, j in zip(eds, judged)]
-    image_grid([_pair(e.image, o) for e, o in zip(eds, outs)], [e.text for e in eds],
+    image_grid([side_by_side(e.image, o) for e, o in zip(eds, outs)], [e.text for e in eds],
                out / "edit.png", ncols=4, colors=[GREEN if k else RED for k in ok], wrap=36,
                title="editing: source | model output")
     lines += ["## Editing", "", "![edit](edit.png)", "", f"{sum(ok)}/{len(ok)} edits reach the "

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..utils.plot import image_grid
+from ..utils.plot import image_grid, side_by_side
 from .splits import TASKS, ShapesWorld, WorldConfig
-
-
-def _side_by_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    gap = np.full((a.shape[0], 2, 3), 255, dtype=np.uint8)
-    return np.concatenate([a, gap, b], axis=1)
 
 
 def preview_grid(dataset: str, split: str, task: str, n: int, out, image_size: int = 32,
@@ -41,7 +34,7 @@ def preview_grid(dataset: str, split: str, task: str, n: int, out, image_size: i
             images.append(ex.target_image)
             caps.append(f"[{ex.kind}] {ex.text}")
         else:
-            images.append(_side_by_side(ex.image, ex.target_image))
+            images.append(side_by_side(ex.image, ex.target_image))
             caps.append(f"[{ex.kind}] {ex.text}")
     return image_grid(images, caps, out, ncols=4 if task == "edit" else None,
                       title=f"ShapesWorld / {split} / {task}", wrap=34 if task == "edit" else 28)

@@ -70,6 +70,8 @@ CAPTION_PROMPT = "Describe the picture."
 class ShapesWorld:
     """Deterministic, index-addressable ShapesWorld split."""
 
+    tasks = TASKS
+
     def __init__(self, split: str = "train", config: WorldConfig | None = None):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..data.shapes import HOLDOUT_PAIRS
 from ..data.splits import ShapesWorld
 from ..data.text import EDIT_KINDS, QUESTION_KINDS, caption
-from ..utils.plot import image_grid
+from ..utils.plot import image_grid, side_by_side
 from . import metrics as M
 from .geneval import GenevalPrompt, Want, prompt_suite
 from .judge import judge_batch
@@ -131,8 +131,7 @@ def _sample_grids(d: Path, t2i, edits) -> None:
                title="text-to-image (judge's verdict under each)")
     exs, imgs, judged = edits
     ok = [e.target_scene.key() == j.key() for e, j in zip(exs, judged)]
-    pairs = [np.concatenate([e.image, np.full((e.image.shape[0], 2, 3), 255, np.uint8), im], 1)
-             for e, im in zip(exs, imgs)]
+    pairs = [side_by_side(e.image, im) for e, im in zip(exs, imgs)]
     image_grid(pairs, [f"{'OK' if k else 'WRONG'}: {e.text}" for e, k in zip(exs, ok)],
                d / "samples_edit.png", ncols=4, colors=[_verdict(k) for k in ok], wrap=36,
                title="editing: source | output")

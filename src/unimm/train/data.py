@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 
-from ..data.splits import Example, ShapesWorld, WorldConfig
+from ..data.splits import CAPTION_PROMPT, Example, ShapesWorld, WorldConfig
 from ..paradigms.base import Paradigm, Turn
 from ..paradigms.sequence import Batch, collate
 
@@ -35,7 +35,7 @@ class DigitsSource:
         rng = random.Random(i * 7 + {"caption": 1, "vqa": 2, "t2i": 3}[task])
         lab, img = self.d.label(j), self.d.image(j)
         if task == "caption":
-            return Example("caption", i, "Describe the picture.", image=img,
+            return Example("caption", i, CAPTION_PROMPT, image=img,
                            target_text=D.prompt(lab), kind="digit", meta={"label": lab})
         if task == "vqa":
             return Example("vqa", i, D.question(rng), image=img,
@@ -105,7 +105,7 @@ class TaskStream:
 def text_corpus(source, n: int) -> list[str]:
     """Every string the model reads or writes in n train examples per task (fits the BPE)."""
     out = []
-    for task in getattr(source, "tasks", ("caption", "vqa", "t2i", "edit")):
+    for task in source.tasks:
         for i in range(n):
             e = source.example(10 ** 8 + i, task) if isinstance(source, ShapesWorld) \
                 else source.example(i, task)

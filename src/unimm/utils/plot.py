@@ -18,6 +18,12 @@ def _plt():
     return plt
 
 
+def side_by_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two (H, W, 3) uint8 images next to each other with a 2-pixel white gap (source | output)."""
+    gap = np.full((a.shape[0], 2, 3), 255, dtype=np.uint8)
+    return np.concatenate([a, gap, b], axis=1)
+
+
 def image_grid(images, captions, path, ncols: int | None = None, title: str | None = None,
                wrap: int = 28, colors=None) -> Path:
     """Save images (each (H, W, 3) uint8) with wrapped captions underneath as one PNG.
