@@ -208,3 +208,34 @@ def test_codebook_initialised_code_embeddings_follow_the_codebook():
     assert abs(cos(e[0], e[2], dim=0)) < 0.9
     assert torch.equal(e, m.head.weight[V.code_start:V.code_start + V.n_codes])
     assert 0.01 < e.std().item() < 0.04
+
+
+def test_sequence_loss_reduction_weighs_each_example_once():
+    from unimm.paradigms.base import reduce_loss
+    where = torch.tensor([[True, True, True, False], [False, True, False, False]])
+    ce = torch.tensor([1.0, 2.0, 3.0, 10.0])           # row 0: 1, 2, 3; row 1: 10
+    assert reduce_loss(ce, where, "token").item() == pytest.approx(4.0)
+    assert reduce_loss(ce, where, "sequence").item() == pytest.approx((2.0 + 10.0) / 2)
+    with pytest.raises(ValueError, match="token, sequence"):
+        reduce_loss(ce, where, "row")
+
+
+def test_image_position_embedding_touches_only_codes_and_starts_neutral():
+    torch.manual_seed(0)
+    cfg = BackboneConfig(dim=32, n_layers=1, n_heads=4, max_seq_len=128)
+    plain = TokenModel(V.size, cfg)
+    torch.manual_seed(0)
+    m = TokenModel(V.size, cfg, image_grid=V.grid, code_start=V.code_start)
+    full = [Turn(t.task, t.text, t.image, None, [1] * V.n_image) for t in turns(3)]
+    batch = collate([format_turn(V, t) for t in full], V.pad)
+    x0 = m.embed_tokens(batch.tokens, batch.pos)
+    assert torch.equal(x0, plain.embed_tokens(batch.tokens, batch.pos))     # zero init
+    with torch.no_grad():
+        m.image_pos.weight.normal_()
+    x1 = m.embed_tokens(batch.tokens, batch.pos)
+    changed = (x1 != x0).any(-1)
+    assert torch.equal(changed, batch.tokens >= V.code_start)
+    # the same cell of two images gets the same offset
+    seq = format_turn(V, full[1])
+    cells = [(p[1], p[2]) for tok, p in zip(seq.tokens, seq.pos) if tok >= V.code_start]
+    assert len(cells) == 2 * V.n_image and cells[:V.n_image] == cells[V.n_image:]

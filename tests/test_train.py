@@ -184,3 +184,19 @@ def test_answers_fit_a_short_context(tiny_tokenizer, tmp_path):
     assert len(out) == 2
     with pytest.raises(InputError, match="tokens long"):
         pipe.ask(ShapesWorld("test").image(0), "circle " * 40)
+
+
+def test_warm_start_loads_weights_and_tokenizers(tiny_run, tmp_path):
+    import torch
+    src, _ = tiny_run
+    cfg = load_config(RunConfig, "configs/tiny.toml",
+                      [f"train.init_from={src}", "image_pos=learned", "train.max_steps=2"])
+    tr = Trainer(cfg, tmp_path / "warm", progress=False)
+    ref = Pipeline.load(src).parts.model.state_dict()
+    own = tr.model.state_dict()
+    assert set(own) - set(ref) == {"image_pos.weight"}
+    assert all(torch.equal(own[k], ref[k]) for k in ref)
+    assert (tmp_path / "warm" / "tokenizer" / "text" / "text_tokenizer.json").is_file()
+    bad = load_config(RunConfig, "configs/tiny.toml", [f"train.init_from={src}", "model.dim=64"])
+    with pytest.raises(RunError, match="model shape"):
+        Trainer(bad, tmp_path / "bad", progress=False)

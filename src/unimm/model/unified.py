@@ -7,6 +7,12 @@ Notable choices:
   only ever needs the code range and text decoding the text range, so we never compute (or keep)
   full-vocabulary logits for a position that samples from a slice.
 - Untied input/output embeddings (the code and text ranges play different roles in and out).
+- Optional learned absolute (row, col) embeddings added to image-code inputs (`image_grid`):
+  rotary positions only ever give *relative* offsets in attention scores, and a VQ code of a
+  4x4 patch carries no position in its value, so "where is the red circle?" would otherwise
+  have to be inferred from the offset to a text query whose own index varies with the
+  question's length. Zero-initialised, so enabling it on a trained model changes nothing at
+  first.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from .backbone import Backbone, BackboneConfig
 
 
 class TokenModel(nn.Module):
-    def __init__(self, vocab_size: int, cfg: BackboneConfig):
+    def __init__(self, vocab_size: int, cfg: BackboneConfig,
+                 image_grid: tuple[int, int] | None = None, code_start: int = 0):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
@@ -27,6 +34,12 @@ class TokenModel(nn.Module):
         self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
+        # created last so that enabling it leaves every other initial weight unchanged
+        self.image_grid, self.code_start = image_grid, code_start
+        self.image_pos = None
+        if image_grid is not None:
+            self.image_pos = nn.Embedding(image_grid[0] * image_grid[1], cfg.dim)
+            nn.init.zeros_(self.image_pos.weight)
 
     @torch.no_grad()
     def init_codes_from(self, codebook: Tensor, start: int, std: float = 0.02) -> None:
@@ -45,7 +58,17 @@ class TokenModel(nn.Module):
     def hidden(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None,
                cache=None, start: int = 0) -> Tensor:
         """(B, T) tokens -> (B, T, D) final hidden states (after the final norm)."""
-        return self.backbone(self.embed(tokens), pos, mask, cache=cache, start=start)
+        return self.backbone(self.embed_tokens(tokens, pos), pos, mask, cache=cache, start=start)
+
+    def embed_tokens(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings."""
+        x = self.embed(tokens)
+        if self.image_pos is not None:
+            h, w = self.image_grid
+            is_code = (tokens >= self.code_start)[..., None]                 # (B, T, 1)
+            cell = (pos[..., 1] * w + pos[..., 2]).clamp(0, h * w - 1)       # (B, T)
+            x = x + self.image_pos(cell) * is_code
+        return x
 
     def logits(self, h: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
         """(..., D) -> (..., hi - lo): the head restricted to vocabulary rows [lo, hi)."""

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.unified import TokenModel
-from .base import Paradigm, Turn, drop_condition, format_turn, prefix_mask, step_mask
+from .base import (Paradigm, Turn, drop_condition, format_turn, prefix_mask, reduce_loss,
+                   step_mask)
 from .sampling import SamplingConfig, guide, sample
 from .sequence import Batch, Packed, Vocab, collate, image_positions
 
@@ -31,6 +33,10 @@ from .sequence import Batch, Packed, Vocab, collate, image_positions
 @dataclass(frozen=True)
 class ARConfig:
     cfg_dropout: float = 0.1        # probability of dropping the text condition of t2i / edit
+    # How target tokens are averaged: "token" (every target token weighs the same: a 64-code
+    # image then outweighs a one-word answer 64:1) or "sequence" (each example weighs the
+    # same, so the task mixture sets the balance between understanding and generation).
+    loss_reduction: Literal["token", "sequence"] = "token"
 
     def __post_init__(self):
         if not 0 <= self.cfg_dropout < 1:
@@ -59,7 +65,7 @@ class Autoregressive(Paradigm):
         is_img = tgt >= self.vocab.code_start
         stats = {"loss/text": ce[~is_img].mean().item() if (~is_img).any() else float("nan"),
                  "loss/image": ce[is_img].mean().item() if is_img.any() else float("nan")}
-        return ce.mean(), stats
+        return reduce_loss(ce, tgt_mask, self.cfg.loss_reduction), stats
 
     @torch.no_grad()
     def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float = 1.0,

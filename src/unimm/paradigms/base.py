@@ -54,6 +54,22 @@ def drop_condition(turn: Turn) -> Turn:
     return Turn(turn.task, [], turn.image, turn.answer, turn.target_image)
 
 
+def reduce_loss(per_target: Tensor, where: Tensor, how: str = "token") -> Tensor:
+    """Average per-target losses (M,) taken at the True entries of `where` (B, T), row-major:
+    "token" = plain mean over all M targets; "sequence" = mean over rows of each row's mean
+    (rows without targets are skipped)."""
+    if how == "token":
+        return per_target.mean()
+    if how != "sequence":
+        raise ValueError(f"unknown loss reduction {how!r}; known: token, sequence")
+    counts = where.sum(1)                                            # (B,)
+    row = torch.repeat_interleave(torch.arange(where.shape[0], device=where.device), counts)
+    sums = torch.zeros(where.shape[0], device=per_target.device,
+                       dtype=per_target.dtype).index_add_(0, row, per_target)
+    has = counts > 0
+    return (sums[has] / counts[has]).mean()
+
+
 def prefix_mask(valid: Tensor) -> Tensor:
     """(B, T) key validity of a left-padded prefix -> (B, 1, T, T) causal 'may attend' mask.
     The diagonal stays open so padding rows never attend to nothing (no NaN)."""

@@ -26,8 +26,9 @@ def save_weights(module_or_sd, path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(path))
 
 
-def load_weights(module: torch.nn.Module, path: Path) -> None:
-    """Load safetensors weights into module, strictly, with clear errors."""
+def load_weights(module: torch.nn.Module, path: Path, allow_missing: bool = False) -> list[str]:
+    """Load safetensors weights into module, strictly, with clear errors. With allow_missing
+    (warm starts), parameters absent from the file keep their values; returns their names."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing weights file {path}")
@@ -38,6 +39,7 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
                               "the checkpoint is corrupt or truncated") from None
     own = module.state_dict()
     missing = sorted(set(own) - set(sd))
+    kept, missing = (missing, []) if allow_missing else ([], missing)
     extra = sorted(set(sd) - set(own))
     shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in sd and sd[k].shape != own[k].shape]
@@ -51,7 +53,8 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
             parts.append("shape mismatch " + "; ".join(shapes[:3]))
         raise CheckpointError(f"{path} does not match the configured model: "
                               + ", ".join(parts) + " (config.json and weights disagree)")
-    module.load_state_dict(sd)
+    module.load_state_dict(sd, strict=not allow_missing)
+    return kept
 
 
 def _opt_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -53,6 +53,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                  # torch threads, 0 = leave as is
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Warm start: a finished run whose weights (model.safetensors) and tokenizers this run starts
+    # from, with a fresh optimizer and schedule. Parameters the earlier run lacked (say, a newly
+    # enabled zero-initialised module) keep their initialisation and are listed in the log.
+    init_from: str = ""
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_steps < 1 or self.lr <= 0:
@@ -94,5 +98,7 @@ class RunConfig:
     # Initial embeddings of image codes: independent random vectors, or a random projection of
     # the tokenizer's codebook (similar patches start similar; see TokenModel.init_codes_from).
     code_init: Literal["random", "codebook"] = "random"
+    # Learned absolute (row, col) embeddings added to image-code inputs (TokenModel docs).
+    image_pos: Literal["none", "learned"] = "none"
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

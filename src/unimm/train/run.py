@@ -67,6 +67,12 @@ def _train_image_tokenizer(cfg: RunConfig, out: Path) -> None:
 def prepare_tokenizers(cfg: RunConfig, run_dir: Path) -> tuple[TextTokenizer, ImageTokenizer]:
     """Load the run's tokenizers, training (or copying) them first if the run has none."""
     img_dir, txt_dir = run_dir / "tokenizer" / "image", run_dir / "tokenizer" / "text"
+    if cfg.train.init_from and not (img_dir / "tokenizer.json").is_file():
+        src = Path(cfg.train.init_from) / "tokenizer"
+        if not (src / "image" / "tokenizer.json").is_file() or \
+                not (src / "text" / "text_tokenizer.json").is_file():
+            raise RunError(f"train.init_from={cfg.train.init_from}: no tokenizers under {src}")
+        shutil.copytree(src, run_dir / "tokenizer", dirs_exist_ok=True)
     if not (img_dir / "tokenizer.json").is_file():
         if cfg.image_tokenizer_path:
             src = Path(cfg.image_tokenizer_path)
@@ -88,7 +94,8 @@ def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
         raise RunError(f"the image tokenizer reads {image_tok.image_size}px images but the data "
                        f"is {cfg.data.world.image_size}px")
     vocab = Vocab(text_tok.vocab_size, image_tok.codebook_size, tuple(image_tok.grid))
-    model = TokenModel(vocab.size, cfg.model)
+    model = TokenModel(vocab.size, cfg.model, code_start=vocab.code_start,
+                       image_grid=vocab.grid if cfg.image_pos == "learned" else None)
     if cfg.code_init == "codebook":
         model.init_codes_from(image_tok.quantizer.codebook, vocab.code_start)
     return Parts(cfg, vocab, text_tok, image_tok, model, build_paradigm(cfg.paradigm, vocab, cfg))

@@ -54,6 +54,8 @@ class Trainer:
         text_tok, image_tok = prepare_tokenizers(cfg, self.run_dir)
         torch.manual_seed(tc.seed)         # after tokenizer training: init depends on seed only
         self.parts = build_parts(cfg, text_tok, image_tok)
+        if tc.init_from:          # a checkpoint found by resume() later takes precedence
+            self._warm_start(Path(tc.init_from))
         save_config(cfg, self.parts.vocab, self.run_dir)
         self.model = self.parts.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval() if tc.ema > 0 else None
@@ -64,6 +66,17 @@ class Trainer:
         self.step, self.max_steps, self.elapsed = 0, tc.max_steps, 0.0
         self.horizon_fixed = False
         self.history: list[dict] = []
+
+    def _warm_start(self, src: Path) -> None:
+        from .checkpoint import load_weights
+        from .run import RunError, load_config
+        other = load_config(src)
+        if other.model != self.cfg.model:
+            raise RunError(f"train.init_from={src}: its model shape {other.model} differs from "
+                           f"this run's {self.cfg.model}")
+        kept = load_weights(self.parts.model, src / "model.safetensors", allow_missing=True)
+        if kept:
+            tqdm.write(f"warm start from {src}; new parameters keep their init: {kept}")
 
     # ---- state -------------------------------------------------------------------------------
     def resume(self) -> bool:
