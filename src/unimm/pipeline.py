@@ -115,8 +115,8 @@ class Pipeline:
         # whatever length the context still allows.
         room = self.vocab.n_image + 8 + MIN_ANSWER
         imgs = [self._image(im) for im in images]
-        turns = [Turn("vqa", self._ids(q, "question", room), c, None, None)
-                 for q, c in zip(questions, self._codes(imgs))]
+        turns = [Turn("vqa", self._ids(q, "question", room), c, None, None, im)
+                 for q, c, im in zip(questions, self._codes(imgs), imgs)]
         gen = _generator(seed, self.device)
         out = []
         for i in range(0, len(turns), MAX_BATCH):
@@ -144,15 +144,15 @@ class Pipeline:
         else:
             if len(images) != len(prompts):
                 raise InputError(f"{len(images)} images but {len(prompts)} instructions")
-            codes = self._codes([self._image(im) for im in images])
-            turns = [Turn("edit", i, c) for i, c in zip(ids, codes)]
+            imgs = [self._image(im) for im in images]
+            turns = [Turn("edit", i, c, None, None, im)
+                     for i, c, im in zip(ids, self._codes(imgs), imgs)]
         gen = _generator(seed, self.device)
         out = []
         for i in range(0, len(turns), MAX_BATCH):
-            codes = self.paradigm.generate_images(self.model, turns[i:i + MAX_BATCH], guidance,
-                                                  sampling, gen)
-            grid = codes.reshape(len(codes), *self.vocab.grid).cpu()
-            out += list(self.parts.image_tok.decode(grid))
+            made = self.paradigm.generate_images(self.model, turns[i:i + MAX_BATCH], guidance,
+                                                 sampling, gen)
+            out += list(self.paradigm.to_pixels(self.parts.image_tok, made))
         return out
 
     # ---- the friendly API --------------------------------------------------------------------

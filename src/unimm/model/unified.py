@@ -34,6 +34,7 @@ class TokenModel(nn.Module):
         self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
+        self.extras = nn.ModuleDict()     # a paradigm's own modules (Paradigm.attach)
         # created last so that enabling it leaves every other initial weight unchanged
         self.image_grid, self.code_start = image_grid, code_start
         self.image_pos = None

@@ -11,7 +11,8 @@ from .ar import ARConfig, Autoregressive
 from .base import Paradigm, Turn
 from .sequence import Vocab
 
-ParadigmName = Literal["ar"]
+# Every name a config may give; PARADIGMS holds the ones implemented so far.
+ParadigmName = Literal["ar", "masked", "flow", "decoupled", "mmada"]
 
 # name -> (class, the RunConfig field holding its sub-config)
 PARADIGMS: dict[str, tuple[type[Paradigm], str]] = {
@@ -21,7 +22,7 @@ PARADIGMS: dict[str, tuple[type[Paradigm], str]] = {
 
 def build_paradigm(name: str, vocab: Vocab, run_cfg) -> Paradigm:
     if name not in PARADIGMS:
-        raise ValueError(f"unknown paradigm {name!r}; known: {', '.join(PARADIGMS)}")
+        raise ValueError(f"paradigm {name!r} is not available; available: {', '.join(PARADIGMS)}")
     cls, field = PARADIGMS[name]
     return cls(vocab, getattr(run_cfg, field))
 

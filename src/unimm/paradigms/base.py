@@ -23,13 +23,16 @@ from .sequence import Batch, Builder, Packed, Vocab, collate
 
 @dataclass(frozen=True)
 class Turn:
-    """What a model is asked to do. `image` / `target_image` are flat code lists."""
+    """What a model is asked to do. `image` / `target_image` are flat code lists; `pixels` is
+    the input image itself (H, W, 3) uint8, for paradigms that read images with their own
+    encoder (decoupled encoders)."""
 
     task: str                              # caption | vqa | t2i | edit
     text: list[int]                        # question / prompt / instruction ids
     image: list[int] | None = None         # input image codes
     answer: list[int] | None = None        # target text ids (understanding)
     target_image: list[int] | None = None  # target image codes (generation, editing)
+    pixels: object = None                  # input image pixels (np.ndarray) or None
 
 
 def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
@@ -51,7 +54,7 @@ def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
 def drop_condition(turn: Turn) -> Turn:
     """The unconditional twin of a generation turn, for classifier-free guidance: the text is
     dropped, an input image (editing) is kept."""
-    return Turn(turn.task, [], turn.image, turn.answer, turn.target_image)
+    return Turn(turn.task, [], turn.image, turn.answer, turn.target_image, turn.pixels)
 
 
 def reduce_loss(per_target: Tensor, where: Tensor, how: str = "token") -> Tensor:
@@ -95,6 +98,17 @@ class Paradigm:
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
+
+    # ---- construction -------------------------------------------------------------------------
+    def attach(self, model: TokenModel, image_tok) -> None:
+        """Add the paradigm's own modules to `model.extras` (saved and loaded with the model:
+        latent projections, a semantic encoder, ...) and keep what it needs of the image
+        tokenizer. Called once, right after the model is built. Default: nothing."""
+
+    def to_pixels(self, image_tok, images: Tensor):
+        """What generate_images returned -> (B, H, W, 3) uint8 images. Default: (B, N) codes."""
+        grid = images.reshape(len(images), *self.vocab.grid).cpu()
+        return image_tok.decode(grid)
 
     # ---- training -----------------------------------------------------------------------------
     def format(self, turn: Turn, rng: random.Random) -> Packed:

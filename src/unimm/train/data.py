@@ -80,7 +80,8 @@ class Encoder:
                 e.task, self.ids(e.text),
                 next(img_codes) if e.image is not None else None,
                 self.ids(e.target_text) if e.target_text is not None else None,
-                next(tgt_codes) if e.target_image is not None else None))
+                next(tgt_codes) if e.target_image is not None else None,
+                e.image))
         return out
 
 

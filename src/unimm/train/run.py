@@ -98,7 +98,9 @@ def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
                        image_grid=vocab.grid if cfg.image_pos == "learned" else None)
     if cfg.code_init == "codebook":
         model.init_codes_from(image_tok.quantizer.codebook, vocab.code_start)
-    return Parts(cfg, vocab, text_tok, image_tok, model, build_paradigm(cfg.paradigm, vocab, cfg))
+    paradigm = build_paradigm(cfg.paradigm, vocab, cfg)
+    paradigm.attach(model, image_tok)
+    return Parts(cfg, vocab, text_tok, image_tok, model, paradigm)
 
 
 def save_config(cfg: RunConfig, vocab: Vocab, run_dir: Path) -> None:
