@@ -56,7 +56,7 @@ class Autoregressive(Paradigm):
         return format_turn(self.vocab, turn)
 
     def loss(self, model: TokenModel, batch: Batch, generator=None):
-        h = model.hidden(batch.tokens, batch.pos, None)              # (B, T, D), causal
+        h = self.hidden(model, batch.tokens, batch.pos, None, batch.extra)   # (B, T, D), causal
         tgt_mask = batch.loss[:, 1:]                                 # token t+1 is a target
         hs = h[:, :-1][tgt_mask]                                     # (M, D) only where needed
         tgt = batch.tokens[:, 1:][tgt_mask]                          # (M,)
@@ -82,7 +82,9 @@ class Autoregressive(Paradigm):
         R, T = tokens.shape
         B, N = len(turns), v.n_image
         cache = model.new_cache(R, T + N, device=dev)
-        h = model.hidden(tokens, pos, prefix_mask(valid), cache=cache, start=0)[:, -1]   # (R, D)
+        src = turns + [drop_condition(t) for t in turns] if use_cfg else turns
+        extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
+        h = self.hidden(model, tokens, pos, prefix_mask(valid), extra, cache=cache)[:, -1]  # (R, D)
         t0 = valid.sum(1)                                      # sequence index of code 0, per row
         codes = torch.empty(B, N, dtype=torch.long, device=dev)
         lo, hi = v.code_start, v.code_start + v.n_codes

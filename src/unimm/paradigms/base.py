@@ -110,9 +110,31 @@ class Paradigm:
         grid = images.reshape(len(images), *self.vocab.grid).cpu()
         return image_tok.decode(grid)
 
+    def extras_for(self, turns: list[Turn]) -> dict:
+        """The paradigm's own per-batch inputs, beyond tokens (say, input-image pixels for a
+        separate encoder), as tensors; rows follow `turns`. Default: none."""
+        return {}
+
+    def embed(self, model: TokenModel, tokens: Tensor, pos: Tensor, extra: dict) -> Tensor:
+        """(B, T) tokens -> (B, T, D) input embeddings. Paradigms that read (some) image spans
+        through their own modules override this. Default: the token model's embeddings."""
+        return model.embed_tokens(tokens, pos)
+
+    def hidden(self, model: TokenModel, tokens: Tensor, pos: Tensor, mask, extra: dict,
+               cache=None, start: int = 0) -> Tensor:
+        return model.backbone(self.embed(model, tokens, pos, extra), pos, mask, cache=cache,
+                              start=start)
+
     # ---- training -----------------------------------------------------------------------------
     def format(self, turn: Turn, rng: random.Random) -> Packed:
         return format_turn(self.vocab, turn)
+
+    def make_batch(self, turns: list[Turn], rng: random.Random) -> Batch:
+        """Training batch from turns: format each, right-pad, attach extras_for(turns)."""
+        seqs = [self.format(t, rng) for t in turns]
+        batch = collate(seqs, self.vocab.pad, [t.task for t in turns])
+        batch.extra = self.extras_for(turns)
+        return batch
 
     def loss(self, model: TokenModel, batch: Batch, generator: torch.Generator | None = None):
         raise NotImplementedError
@@ -135,7 +157,8 @@ class Paradigm:
         tokens, pos, valid = batch.tokens.to(dev), batch.pos.to(dev), batch.valid.to(dev)
         B, T = tokens.shape
         cache = model.new_cache(B, T + max_new, device=dev)
-        h = model.hidden(tokens, pos, prefix_mask(valid), cache=cache, start=0)[:, -1]
+        extra = {k: x.to(dev) for k, x in self.extras_for(turns).items()}
+        h = self.hidden(model, tokens, pos, prefix_mask(valid), extra, cache=cache)[:, -1]
         allowed = torch.zeros(v.text_end, dtype=torch.bool, device=dev)
         allowed[:v.n_text] = True
         allowed[v.eos] = True

@@ -21,7 +21,7 @@ has an id (`span`, 0 = not an image) so paradigms can make spans bidirectional.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -137,10 +137,12 @@ class Batch:
     span: torch.Tensor          # (B, T) long: image span ids, 0 for text/special/pad
     valid: torch.Tensor         # (B, T) bool: not padding
     tasks: list[str]
+    extra: dict = field(default_factory=dict)   # a paradigm's own inputs (Paradigm.extras_for)
 
     def to(self, device) -> "Batch":
         return Batch(self.tokens.to(device), self.pos.to(device), self.loss.to(device),
-                     self.span.to(device), self.valid.to(device), self.tasks)
+                     self.span.to(device), self.valid.to(device), self.tasks,
+                     {k: v.to(device) for k, v in self.extra.items()})
 
 
 def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data.splits import CAPTION_PROMPT, Example, ShapesWorld, WorldConfig
 from ..paradigms.base import Paradigm, Turn
-from ..paradigms.sequence import Batch, collate
+from ..paradigms.sequence import Batch
 
 
 class DigitsSource:
@@ -98,9 +98,7 @@ class TaskStream:
         idx = range(step * self.B, (step + 1) * self.B)
         tasks = rng.choices(self.tasks, self.weights, k=self.B)
         examples = [self.source.example(i, t) for i, t in zip(idx, tasks)]
-        turns = self.enc.turns(examples)
-        seqs = [self.paradigm.format(t, rng) for t in turns]
-        return collate(seqs, self.paradigm.vocab.pad, tasks)
+        return self.paradigm.make_batch(self.enc.turns(examples), rng)
 
 
 def text_corpus(source, n: int) -> list[str]:
