@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Literal
 
 from .ar import ARConfig, Autoregressive
+from .decoupled import Decoupled, DecoupledConfig
+from .masked import Masked, MaskedConfig
+from .mmada import MMaDA, MMaDAConfig
 from .base import Paradigm, Turn
 from .sequence import Vocab
 
@@ -17,6 +20,9 @@ ParadigmName = Literal["ar", "masked", "flow", "decoupled", "mmada"]
 # name -> (class, the RunConfig field holding its sub-config)
 PARADIGMS: dict[str, tuple[type[Paradigm], str]] = {
     "ar": (Autoregressive, "ar"),
+    "decoupled": (Decoupled, "decoupled"),
+    "masked": (Masked, "masked"),
+    "mmada": (MMaDA, "mmada"),
 }
 
 
@@ -28,4 +34,4 @@ def build_paradigm(name: str, vocab: Vocab, run_cfg) -> Paradigm:
 
 
 __all__ = ["PARADIGMS", "ParadigmName", "Paradigm", "Turn", "Vocab", "build_paradigm",
-           "ARConfig", "Autoregressive"]
+           "ARConfig", "Autoregressive", "Decoupled", "DecoupledConfig", "Masked", "MaskedConfig", "MMaDA", "MMaDAConfig"]

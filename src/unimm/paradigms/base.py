@@ -120,6 +120,11 @@ class Paradigm:
         through their own modules override this. Default: the token model's embeddings."""
         return model.embed_tokens(tokens, pos)
 
+    def prefix_attention(self, batch: Batch) -> Tensor:
+        """Attention mask (B, 1, T, T) of a left-padded prompt batch. Default: causal over the
+        valid tokens. Paradigms with bidirectional image spans override it."""
+        return prefix_mask(batch.valid)
+
     def hidden(self, model: TokenModel, tokens: Tensor, pos: Tensor, mask, extra: dict,
                cache=None, start: int = 0) -> Tensor:
         return model.backbone(self.embed(model, tokens, pos, extra), pos, mask, cache=cache,
@@ -152,13 +157,14 @@ class Paradigm:
         (text tokens + <eos>), batched over rows with left padding."""
         v = self.vocab
         prefixes = [format_turn(v, t, with_target=False) for t in turns]
-        batch = collate(prefixes, v.pad, left=True)
         dev = next(model.parameters()).device
-        tokens, pos, valid = batch.tokens.to(dev), batch.pos.to(dev), batch.valid.to(dev)
+        batch = collate(prefixes, v.pad, left=True).to(dev)
+        tokens, pos, valid = batch.tokens, batch.pos, batch.valid
         B, T = tokens.shape
         cache = model.new_cache(B, T + max_new, device=dev)
         extra = {k: x.to(dev) for k, x in self.extras_for(turns).items()}
-        h = self.hidden(model, tokens, pos, prefix_mask(valid), extra, cache=cache)[:, -1]
+        h = self.hidden(model, tokens, pos, self.prefix_attention(batch), extra,
+                        cache=cache)[:, -1]
         allowed = torch.zeros(v.text_end, dtype=torch.bool, device=dev)
         allowed[:v.n_text] = True
         allowed[v.eos] = True

@@ -9,6 +9,9 @@ from ..data.splits import WorldConfig
 from ..model.backbone import BackboneConfig
 from ..paradigms import ParadigmName
 from ..paradigms.ar import ARConfig
+from ..paradigms.decoupled import DecoupledConfig
+from ..paradigms.masked import MaskedConfig
+from ..paradigms.mmada import MMaDAConfig
 from ..tokenizers.train_image import TokenizerTrainConfig
 
 
@@ -90,6 +93,9 @@ class RunConfig:
     name: str = "shapes-ar"
     paradigm: ParadigmName = "ar"
     ar: ARConfig = field(default_factory=ARConfig)
+    decoupled: DecoupledConfig = field(default_factory=DecoupledConfig)
+    masked: MaskedConfig = field(default_factory=MaskedConfig)
+    mmada: MMaDAConfig = field(default_factory=MMaDAConfig)
     model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
         dim=256, n_layers=6, n_heads=8, max_seq_len=256))
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,0 +1,186 @@
+"""Discrete diffusion over text and images (MMaDA / LLaDA style) on the shared backbone.
+
+Every answer is a masked-diffusion sample: the response (answer text, or the generated image's
+codes) is a bidirectional span that starts fully masked and is filled by iterative unmasking.
+Images are decoded exactly as in the masked paradigm (MaskGIT cosine schedule, confidence
+order, batched CFG, prompt cached once); text answers are decoded block by block
+(semi-autoregressive, LLaDA sec. 2.4 / MMaDA): a fixed-length response of `text_len` slots,
+blocks of `block` tokens revealed left to right, `steps_per_block` parallel steps per block.
+
+Notable choices:
+- Training masks each response token independently with probability t ~ U(0, 1) (at least one
+  masked) and predicts the masked tokens at their own positions (LLaDA eq. 3, without the 1/t
+  weight: we average per example, which is steadier at this scale).
+- Text responses are padded with <eos> to `text_len` so the model learns where an answer
+  ends (LLaDA's SFT recipe); padding <eos> tokens weigh `pad_weight` in the loss so a one-word
+  answer is not drowned by thirty padding predictions.
+- The prompt is causal and the response attends to all of it, so the prompt's keys/values are
+  computed once and reused at every unmasking step (MMaDA's full attention over the prompt
+  would force recomputing it; we trade that for speed). Inside the response, attention is
+  bidirectional.
+- Decoding stops after the first block in which every row has produced <eos>; with 8-token
+  blocks a short answer costs `steps_per_block` forwards.
+
+Einops legend: B rows, T prompt, L response slots, V text slice, D width.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..model.unified import TokenModel
+from .base import Turn, format_turn
+from .masked import IGNORE, Masked, reveal
+from .sampling import GREEDY, SamplingConfig
+from .sequence import Batch, Packed, Vocab, collate
+
+
+@dataclass(frozen=True)
+class MMaDAConfig:
+    cfg_dropout: float = 0.1          # probability of dropping the text condition of t2i / edit
+    steps: int = 12                   # image decoding steps
+    confidence_noise: float = 0.0
+    loss_reduction: Literal["token", "sequence"] = "sequence"
+    text_len: int = 32                # response slots of a text answer (answer + <eos> padding)
+    block: int = 8                    # semi-autoregressive block size (divides text_len)
+    steps_per_block: int = 4          # parallel steps per text block
+    pad_weight: float = 0.1           # loss weight of padding <eos> after the first one
+
+    def __post_init__(self):
+        if not 0 <= self.cfg_dropout < 1:
+            raise ValueError(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
+        for k in ("steps", "text_len", "block", "steps_per_block"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.text_len % self.block:
+            raise ValueError(f"block ({self.block}) must divide text_len ({self.text_len})")
+        if self.steps_per_block > self.block:
+            raise ValueError(f"steps_per_block ({self.steps_per_block}) must be <= block "
+                             f"({self.block}): each step reveals at least one token")
+        if not 0 <= self.pad_weight <= 1:
+            raise ValueError(f"pad_weight must lie in [0, 1], got {self.pad_weight}")
+
+
+def block_counts(block: int, steps: int) -> list[int]:
+    """Tokens revealed per step inside one block: as even as possible, summing to block."""
+    return [block // steps + (1 if s < block % steps else 0) for s in range(steps)]
+
+
+class MMaDA(Masked):
+    name = "mmada"
+
+    def __init__(self, vocab: Vocab, cfg: MMaDAConfig | None = None):
+        super().__init__(vocab, cfg or MMaDAConfig())
+
+    # ---- training -----------------------------------------------------------------------------
+    def response(self, prefix: Packed, tokens: list[int]) -> tuple[Packed, list[int]]:
+        """Append a bidirectional response span of `tokens` to a prompt."""
+        span = max(prefix.span, default=0) + 1
+        t0 = len(prefix)
+        for i, tok in enumerate(tokens):
+            prefix.tokens.append(tok)
+            prefix.pos.append((t0 + i, t0 + i, t0 + i))
+            prefix.loss.append(True)
+            prefix.span.append(span)
+        return prefix, list(range(t0, t0 + len(tokens)))
+
+    def format_labeled(self, turn: Turn, rng: random.Random):
+        if turn.task not in ("caption", "vqa"):
+            return super().format_labeled(turn, rng)          # images: masked-paradigm recipe
+        v, L = self.vocab, self.cfg.text_len
+        ans = list(turn.answer) + [v.eos]
+        if len(ans) > L:
+            raise ValueError(f"an answer of {len(ans) - 1} tokens does not fit mmada.text_len="
+                             f"{L}; raise text_len")
+        p, idx = self.response(format_turn(v, turn, with_target=False), ans + [v.eos] * (L - len(ans)))
+        t = rng.random()
+        chosen = [i for i in idx if rng.random() < t] or [rng.choice(idx)]
+        labels = [IGNORE] * len(p)
+        for i in chosen:
+            labels[i] = p.tokens[i]
+            p.tokens[i] = v.mask
+        p.loss = [lab != IGNORE for lab in labels]
+        return p, labels
+
+    def loss(self, model: TokenModel, batch: Batch, generator=None):
+        extra = {k: x for k, x in batch.extra.items() if k != "labels"}
+        h = self.hidden(model, batch.tokens, batch.pos, self.attention(batch.span, batch.valid),
+                        extra)                                              # (B, T, D)
+        labels = batch.extra["labels"]
+        where = labels != IGNORE
+        tgt = labels[where]                                                 # (M,)
+        ce = F.cross_entropy(model.logits(h[where]).float(), tgt, reduction="none")
+        # padding <eos> after an answer's first <eos>: the <eos> label at a response slot that
+        # is preceded (in the labels or the visible tokens) by another <eos> of the same row
+        w = torch.ones_like(ce)
+        is_eos = tgt == self.vocab.eos
+        if is_eos.any():
+            seq = torch.where(where, labels, batch.tokens)                  # (B, T) clean tokens
+            eos = seq == self.vocab.eos
+            before = (eos.long().cumsum(1) - eos.long()) > 0                # an <eos> earlier
+            w = torch.where(before[where] & is_eos, self.cfg.pad_weight, 1.0)
+        is_img = tgt >= self.vocab.code_start
+        stats = {"loss/text": ce[~is_img].mean().item() if (~is_img).any() else float("nan"),
+                 "loss/image": ce[is_img].mean().item() if is_img.any() else float("nan")}
+        if self.cfg.loss_reduction == "token":
+            return (w * ce).sum() / w.sum(), stats
+        rows = torch.repeat_interleave(torch.arange(len(where), device=ce.device), where.sum(1))
+        num = torch.zeros(len(where), device=ce.device).index_add_(0, rows, w * ce)
+        den = torch.zeros(len(where), device=ce.device).index_add_(0, rows, w)
+        has = den > 0
+        return (num[has] / den[has]).mean(), stats
+
+    # ---- text sampling ------------------------------------------------------------------------
+    def text_evaluations(self, n_blocks: int = 1) -> int:
+        return n_blocks * self.cfg.steps_per_block
+
+    @torch.no_grad()
+    def generate_text(self, model: TokenModel, turns: list[Turn], max_new: int = 48,
+                      sampling: SamplingConfig = GREEDY, generator=None) -> list[list[int]]:
+        """Semi-autoregressive masked-diffusion decoding of a text answer per turn."""
+        v, cfg = self.vocab, self.cfg
+        L = cfg.text_len
+        dev = next(model.parameters()).device
+        batch = collate([format_turn(v, t, with_target=False) for t in turns], v.pad,
+                        left=True).to(dev)
+        B, T = batch.tokens.shape
+        cache = model.new_cache(B, T + L, device=dev)
+        extra = {k: x.to(dev) for k, x in self.extras_for(turns).items()}
+        self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch), extra,
+                    cache=cache)                                           # prompt, once
+        t0 = batch.valid.sum(1)                                            # (B,)
+        i = torch.arange(L, device=dev)
+        pos = (t0[:, None] + i)[..., None].expand(B, L, 3).contiguous()    # (B, L, 3)
+        keys = torch.cat([batch.valid, torch.ones(B, L, dtype=torch.bool, device=dev)], 1)
+        att = keys[:, None, None, :].expand(B, 1, L, T + L)
+        allowed = torch.zeros(v.text_end, dtype=torch.bool, device=dev)
+        allowed[:v.n_text] = True
+        allowed[v.eos] = True
+        out = torch.full((B, L), v.mask, dtype=torch.long, device=dev)
+        masked = torch.ones(B, L, dtype=torch.bool, device=dev)
+        for b0 in range(0, L, cfg.block):
+            in_block = (i >= b0) & (i < b0 + cfg.block)
+            for k in block_counts(cfg.block, cfg.steps_per_block):
+                h = self.hidden(model, out, pos, att, {}, cache=cache, start=T)   # (B, L, D)
+                logits = model.logits(h, 0, v.text_end).float().masked_fill(~allowed, -math.inf)
+                cand, new = reveal(logits, masked & in_block, k, sampling, 0.0, generator)
+                out = torch.where(new, cand, out)
+                masked = masked & ~new
+            if bool((out[:, :b0 + cfg.block] == v.eos).any(1).all()):
+                break
+        answers = []
+        for row in out.tolist():
+            ans = []
+            for tok in row:
+                if tok in (v.eos, v.mask):
+                    break
+                ans.append(tok)
+            answers.append(ans)
+        return answers
