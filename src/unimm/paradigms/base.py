@@ -145,6 +145,11 @@ class Paradigm:
         raise NotImplementedError
 
     # ---- sampling -----------------------------------------------------------------------------
+    def function_evaluations(self) -> int:
+        """Backbone forwards to sample one image (guidance rows share a forward). Default: one
+        per code, as in autoregressive decoding."""
+        return self.vocab.n_image
+
     @torch.no_grad()
     def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float,
                         sampling: SamplingConfig, generator=None) -> Tensor:
