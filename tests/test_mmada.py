@@ -2,6 +2,7 @@
 block-wise text sampler and its prompt cache, overfitting, and an end-to-end tiny run."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,3 +196,6 @@ def test_tiny_run_end_to_end(tmp_path):
     assert a[0].shape == img.shape and pipe.edit(img, "make it blue", seed=0).shape == img.shape
     again = Pipeline.load(tmp_path / "run", device="cpu").generate("a red circle", n=2, seed=0)
     assert all(np.array_equal(x, y) for x, y in zip(a, again))
+    from unimm.demo import run_demo
+    report = run_demo(tmp_path / "demo", tmp_path / "run", 0)          # `unimm demo --run`
+    assert "answers right" in Path(report).read_text()
