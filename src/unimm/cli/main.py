@@ -190,6 +190,23 @@ def train_tokenizer_cmd(
     _echo_json(m)
 
 
+@app.command("train-encoder")
+def train_encoder_cmd(
+    config: Path = typer.Argument(..., help="A TOML encoder config (e.g. configs/encoder.toml)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder to create (new or empty)."),
+    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget (overrides minutes)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set lr=1e-3"),
+):
+    """Train the semantic image encoder contrastively (for paradigm=decoupled); writes it and
+    metrics.json into --out and prints the val retrieval accuracy."""
+    from ..train.contrastive import ContrastiveConfig, train_encoder
+    from ..utils.config import load_config
+    cfg = load_config(ContrastiveConfig, config, set_)
+    m = train_encoder(cfg, out, minutes=minutes)
+    _echo_json({"val": m["val"], "steps": m["steps"], "train_seconds": m["train_seconds"],
+                "out": str(out)})
+
+
 # ----------------------------------------------------------------------------------------------
 # inference
 
@@ -305,6 +322,29 @@ def bench_decoding_cmd(
     r = bench_decoding(_pipe(run), n_t2i, n_edit)
     write_json(out, r)
     typer.echo(f"wrote {out}")
+
+
+@bench_app.command("paradigms")
+def bench_paradigms_cmd(
+    minutes: float = typer.Option(..., min=0.05, help="Training budget per paradigm (the same for all)."),
+    config: Path = typer.Option(Path("configs/shapes_ar.toml"), help="Run config shared by all."),
+    paradigms: str = typer.Option("", help="Comma-separated names (default: every available one)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key for every run."),
+    tokenizer: Optional[Path] = typer.Option(None, help="A trained image tokenizer to share."),
+    quick: bool = typer.Option(False, help="Evaluate on a quarter of the test items."),
+    repeats: int = typer.Option(5, min=1, help="Timed sampling repeats (after one warm-up)."),
+    out: Path = typer.Option(Path("results/paradigms"), "-o", "--out"),
+):
+    """Train every paradigm on the same budget, evaluate, time sampling; table + PNG."""
+    from ..bench.paradigms import bench_paradigms, markdown
+    from ..paradigms import PARADIGMS
+    names = [n.strip() for n in paradigms.split(",") if n.strip()] or list(PARADIGMS)
+    unknown = [n for n in names if n not in PARADIGMS]
+    if unknown:
+        raise ValueError(f"unknown paradigm(s) {unknown}; available: {', '.join(PARADIGMS)}")
+    r = bench_paradigms(config, names, minutes, out, set_, tokenizer, quick, repeats)
+    typer.echo(markdown(r))
+    typer.echo(f"wrote {out}/paradigms.md, .json, .png")
 
 
 # ----------------------------------------------------------------------------------------------

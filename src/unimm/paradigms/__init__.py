@@ -9,6 +9,7 @@ from typing import Literal
 
 from .ar import ARConfig, Autoregressive
 from .decoupled import Decoupled, DecoupledConfig
+from .flow import Flow, FlowConfig
 from .masked import Masked, MaskedConfig
 from .mmada import MMaDA, MMaDAConfig
 from .base import Paradigm, Turn
@@ -21,6 +22,7 @@ ParadigmName = Literal["ar", "masked", "flow", "decoupled", "mmada"]
 PARADIGMS: dict[str, tuple[type[Paradigm], str]] = {
     "ar": (Autoregressive, "ar"),
     "decoupled": (Decoupled, "decoupled"),
+    "flow": (Flow, "flow"),
     "masked": (Masked, "masked"),
     "mmada": (MMaDA, "mmada"),
 }
@@ -34,4 +36,4 @@ def build_paradigm(name: str, vocab: Vocab, run_cfg) -> Paradigm:
 
 
 __all__ = ["PARADIGMS", "ParadigmName", "Paradigm", "Turn", "Vocab", "build_paradigm",
-           "ARConfig", "Autoregressive", "Decoupled", "DecoupledConfig", "Masked", "MaskedConfig", "MMaDA", "MMaDAConfig"]
+           "ARConfig", "Autoregressive", "Decoupled", "DecoupledConfig", "Flow", "FlowConfig", "Masked", "MaskedConfig", "MMaDA", "MMaDAConfig"]

@@ -105,6 +105,11 @@ class Paradigm:
         latent projections, a semantic encoder, ...) and keep what it needs of the image
         tokenizer. Called once, right after the model is built. Default: nothing."""
 
+    def init_pretrained(self, model: TokenModel) -> None:
+        """Load pretrained parts (say, a contrastively trained encoder) into a *fresh* model.
+        Called by the trainer only, before a warm start or resume; never when a saved run is
+        reloaded. Default: nothing."""
+
     def to_pixels(self, image_tok, images: Tensor):
         """What generate_images returned -> (B, H, W, 3) uint8 images. Default: (B, N) codes."""
         grid = images.reshape(len(images), *self.vocab.grid).cpu()

@@ -10,6 +10,7 @@ from ..model.backbone import BackboneConfig
 from ..paradigms import ParadigmName
 from ..paradigms.ar import ARConfig
 from ..paradigms.decoupled import DecoupledConfig
+from ..paradigms.flow import FlowConfig
 from ..paradigms.masked import MaskedConfig
 from ..paradigms.mmada import MMaDAConfig
 from ..tokenizers.train_image import TokenizerTrainConfig
@@ -94,6 +95,7 @@ class RunConfig:
     paradigm: ParadigmName = "ar"
     ar: ARConfig = field(default_factory=ARConfig)
     decoupled: DecoupledConfig = field(default_factory=DecoupledConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     masked: MaskedConfig = field(default_factory=MaskedConfig)
     mmada: MMaDAConfig = field(default_factory=MMaDAConfig)
     model: BackboneConfig = field(default_factory=lambda: BackboneConfig(

@@ -54,6 +54,7 @@ class Trainer:
         text_tok, image_tok = prepare_tokenizers(cfg, self.run_dir)
         torch.manual_seed(tc.seed)         # after tokenizer training: init depends on seed only
         self.parts = build_parts(cfg, text_tok, image_tok)
+        self.parts.paradigm.init_pretrained(self.parts.model)
         if tc.init_from:          # a checkpoint found by resume() later takes precedence
             self._warm_start(Path(tc.init_from))
         save_config(cfg, self.parts.vocab, self.run_dir)
