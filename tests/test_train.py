@@ -200,3 +200,21 @@ def test_warm_start_loads_weights_and_tokenizers(tiny_run, tmp_path):
     bad = load_config(RunConfig, "configs/tiny.toml", [f"train.init_from={src}", "model.dim=64"])
     with pytest.raises(RunError, match="model shape"):
         Trainer(bad, tmp_path / "bad", progress=False)
+
+
+def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
+    """`unimm bench paradigms` end to end on the tiny config (seconds): table, JSON, PNG."""
+    r = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "0.05",
+                        "--config", "configs/tiny.toml", "--paradigms", "ar,masked",
+                        "--tokenizer", str(tiny_tokenizer), "--quick", "--repeats", "1",
+                        "-o", str(tmp_path / "bp")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "bp" / "paradigms.json").read_text())
+    assert [row["paradigm"] for row in res["rows"]] == ["ar", "masked"]
+    fe = {row["paradigm"]: row["fe_per_image"] for row in res["rows"]}
+    assert fe["masked"] < fe["ar"]
+    assert "| masked |" in (tmp_path / "bp" / "paradigms.md").read_text()
+    assert (tmp_path / "bp" / "paradigms.png").stat().st_size > 1000
+    bad = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "1",
+                          "--paradigms", "ar,nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "available" in bad.stderr
