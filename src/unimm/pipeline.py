@@ -25,7 +25,6 @@ from .train.run import Parts, RunError, load_run, resolve_device
 
 MAX_PROMPT_CHARS = 1000
 MAX_BATCH = 32
-MIN_ANSWER = 16                 # tokens an answer may always use
 DEFAULT_RUN = Path(__file__).parent / "assets" / "default"
 
 
@@ -113,7 +112,7 @@ class Pipeline:
             raise InputError(f"{len(images)} images but {len(questions)} questions")
         # The question must leave room for at least a short answer; the answer is then cut at
         # whatever length the context still allows.
-        room = self.vocab.n_image + 8 + MIN_ANSWER
+        room = self.vocab.n_image + 8 + self.paradigm.min_answer
         imgs = [self._image(im) for im in images]
         turns = [Turn("vqa", self._ids(q, "question", room), c, None, None, im)
                  for q, c, im in zip(questions, self._codes(imgs), imgs)]

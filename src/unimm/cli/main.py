@@ -347,6 +347,33 @@ def bench_paradigms_cmd(
     typer.echo(f"wrote {out}/paradigms.md, .json, .png")
 
 
+@bench_app.command("speed")
+def bench_speed_cmd(
+    config: Path = typer.Option(Path("configs/shapes_ar.toml"), help="Run config (shape, data, precision)."),
+    paradigms: str = typer.Option("", help="Comma-separated names (default: every available one)."),
+    sizes: Optional[str] = typer.Option(None, help="Comma-separated: default (the config's shape), "
+                                        "50m (dim 576, 12 layers, 9 heads). Default: default,50m; "
+                                        "with --quick: default."),
+    repeats: int = typer.Option(5, min=1, help="Timed repeats after warm-up (--quick: 1)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto"),
+    threads: int = typer.Option(1, min=1, help="torch threads in every measuring process."),
+    tokenizer: Optional[Path] = typer.Option(None, help="A trained image tokenizer folder "
+                                             "(default: random weights of the config's shape)."),
+    quick: bool = typer.Option(False, help="Smoke run: 1 repeat, small matmuls and copies."),
+    out: Path = typer.Option(Path("results/speed"), "-o", "--out"),
+):
+    """Our own speed: machine peaks, training tokens/s + MFU, seconds per image, cache gains,
+    decode bandwidth use, answer latency; speed.json + speed.md + speed.png."""
+    from ..bench.speed import bench_speed, markdown
+    from ..paradigms import PARADIGMS
+    names = [n.strip() for n in paradigms.split(",") if n.strip()] or list(PARADIGMS)
+    size_list = [s.strip() for s in (sizes or ("default" if quick else "default,50m")).split(",")
+                 if s.strip()]
+    r = bench_speed(config, names, size_list, out, repeats, device, threads, quick, tokenizer)
+    typer.echo(markdown(r))
+    typer.echo(f"wrote {out}/speed.md, .json, .png")
+
+
 # ----------------------------------------------------------------------------------------------
 # demo
 

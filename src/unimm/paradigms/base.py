@@ -95,6 +95,7 @@ class Paradigm:
 
     name = "base"
     bidirectional_images = False
+    min_answer = 16          # answer slots a question must leave room for (Pipeline checks)
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab

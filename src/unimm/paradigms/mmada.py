@@ -78,6 +78,7 @@ class MMaDA(Masked):
 
     def __init__(self, vocab: Vocab, cfg: MMaDAConfig | None = None):
         super().__init__(vocab, cfg or MMaDAConfig())
+        self.min_answer = self.cfg.text_len      # the whole response region must fit
 
     # ---- training -----------------------------------------------------------------------------
     def response(self, prefix: Packed, tokens: list[int]) -> tuple[Packed, list[int]]:
