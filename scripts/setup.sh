@@ -16,3 +16,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
 fi
 $PIP install -e ".[${1:-test}]"
+# The browser test drives Debian's chromium; install it when we can (root + apt-get), quietly
+# skip otherwise (the test then skips with its reason).
+if [ "${1:-test}" = test ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        chromium chromium-driver) >/dev/null 2>&1 || echo "setup: could not install chromium" >&2
+fi

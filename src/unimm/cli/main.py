@@ -375,6 +375,63 @@ def bench_speed_cmd(
 
 
 # ----------------------------------------------------------------------------------------------
+# serving
+
+def _serve_settings(max_batch, wait_ms, queue_size, timeout):
+    from ..serve.settings import ServeSettings
+    return ServeSettings(max_batch=max_batch, wait_ms=wait_ms, queue_size=queue_size,
+                         request_timeout_s=timeout)
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every one)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+    max_batch: int = typer.Option(16, help="Rows in one shared forward pass (1: one at a time)."),
+    wait_ms: float = typer.Option(5.0, min=0, help="Batching wait window after a first request."),
+    queue_size: int = typer.Option(64, min=1, help="Waiting rows per lane before answering 503."),
+    timeout: float = typer.Option(60.0, min=0.1, help="Per-request timeout in seconds (504)."),
+):
+    """OpenAI-compatible server (chat, images, edits) and a web page at /, over the Python API."""
+    try:
+        import uvicorn
+        from ..serve.app import create_app
+    except ImportError as e:
+        raise ValueError(f"serving needs the `serve` extra ({e.name} is missing): "
+                         "pip install -e '.[serve]'") from None
+    settings = _serve_settings(max_batch, wait_ms, queue_size, timeout)
+    api = create_app(_pipe(run), settings)
+    typer.echo(f"unimm: serving on http://{host}:{port}/  (OpenAI API at /v1, docs at /docs)")
+    uvicorn.run(api, host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=int(timeout) + 5)
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(
+    run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+    url: Optional[str] = typer.Option(None, help="A running server on loopback (default: start "
+                                      "one per mode on a free loopback port)."),
+    clients: int = typer.Option(32, min=1, max=256, help="Concurrent clients."),
+    seconds: float = typer.Option(20.0, min=1, max=600, help="Duration of each measurement."),
+    kinds: str = typer.Option("generate,chat", help="Comma-separated: generate, chat, edit."),
+    modes: str = typer.Option("batched,single", help="batched (dynamic batching) and/or single "
+                              "(max_batch 1); ignored with --url."),
+    threads: int = typer.Option(1, min=1, help="torch threads in a started server."),
+    out: Path = typer.Option(Path("results/bench_serve.json"), "-o", "--out"),
+):
+    """Load check: N concurrent loopback clients for T seconds per kind of request; requests/s,
+    p50/p99 latency, errors, 503s, the server's peak memory, and batched vs one-at-a-time."""
+    from ..serve.load import bench_serve, markdown
+    from ..utils.io import write_json
+    r = bench_serve(run, url, clients, seconds, [k.strip() for k in kinds.split(",") if k.strip()],
+                    [m.strip() for m in modes.split(",") if m.strip()], threads)
+    write_json(out, r)
+    typer.echo(markdown(r))
+    typer.echo(f"wrote {out}")
+
+
+# ----------------------------------------------------------------------------------------------
 # demo
 
 @app.command("demo")
