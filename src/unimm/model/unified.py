@@ -65,11 +65,15 @@ class TokenModel(nn.Module):
         """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings."""
         x = self.embed(tokens)
         if self.image_pos is not None:
-            h, w = self.image_grid
             is_code = (tokens >= self.code_start)[..., None]                 # (B, T, 1)
-            cell = (pos[..., 1] * w + pos[..., 2]).clamp(0, h * w - 1)       # (B, T)
-            x = x + self.image_pos(cell) * is_code
+            x = x + self.cell_embedding(pos) * is_code
         return x
+
+    def cell_embedding(self, pos: Tensor) -> Tensor:
+        """(..., 3) positions -> (..., D) learned embedding of each (row, col) image cell
+        (meaningful for image positions only; text positions are clamped into the grid)."""
+        h, w = self.image_grid
+        return self.image_pos((pos[..., 1] * w + pos[..., 2]).clamp(0, h * w - 1))
 
     def logits(self, h: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
         """(..., D) -> (..., hi - lo): the head restricted to vocabulary rows [lo, hi)."""

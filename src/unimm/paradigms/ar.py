@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..model.unified import TokenModel
 from .base import (Paradigm, Turn, drop_condition, format_turn, prefix_mask, reduce_loss,
-                   step_mask)
+                   step_mask, text_image_stats)
 from .sampling import SamplingConfig, guide, sample
 from .sequence import Batch, Packed, Vocab, collate, image_positions
 
@@ -62,9 +62,7 @@ class Autoregressive(Paradigm):
         tgt = batch.tokens[:, 1:][tgt_mask]                          # (M,)
         logits = model.logits(hs).float()
         ce = F.cross_entropy(logits, tgt, reduction="none")
-        is_img = tgt >= self.vocab.code_start
-        stats = {"loss/text": ce[~is_img].mean().item() if (~is_img).any() else float("nan"),
-                 "loss/image": ce[is_img].mean().item() if is_img.any() else float("nan")}
+        stats = text_image_stats(ce, tgt >= self.vocab.code_start)
         return reduce_loss(ce, tgt_mask, self.cfg.loss_reduction), stats
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..model.masks import and_padding, span_mask
 from ..model.unified import TokenModel
 from .sampling import GREEDY, SamplingConfig, sample
 from .sequence import Batch, Builder, Packed, Vocab, collate
@@ -57,20 +58,30 @@ def drop_condition(turn: Turn) -> Turn:
     return Turn(turn.task, [], turn.image, turn.answer, turn.target_image, turn.pixels)
 
 
-def reduce_loss(per_target: Tensor, where: Tensor, how: str = "token") -> Tensor:
+def reduce_loss(per_target: Tensor, where: Tensor, how: str = "token",
+                weight: Tensor | None = None) -> Tensor:
     """Average per-target losses (M,) taken at the True entries of `where` (B, T), row-major:
-    "token" = plain mean over all M targets; "sequence" = mean over rows of each row's mean
-    (rows without targets are skipped)."""
-    if how == "token":
-        return per_target.mean()
-    if how != "sequence":
+    "token" = mean over all M targets; "sequence" = mean over rows of each row's mean (rows
+    without targets are skipped). Optional per-target weights (M,) make both means weighted."""
+    if how not in ("token", "sequence"):
         raise ValueError(f"unknown loss reduction {how!r}; known: token, sequence")
+    w = torch.ones_like(per_target) if weight is None else weight.to(per_target.dtype)
+    if how == "token":
+        return (w * per_target).sum() / w.sum()
     counts = where.sum(1)                                            # (B,)
     row = torch.repeat_interleave(torch.arange(where.shape[0], device=where.device), counts)
-    sums = torch.zeros(where.shape[0], device=per_target.device,
-                       dtype=per_target.dtype).index_add_(0, row, per_target)
-    has = counts > 0
-    return (sums[has] / counts[has]).mean()
+    num = torch.zeros(where.shape[0], device=per_target.device,
+                      dtype=per_target.dtype).index_add_(0, row, w * per_target)
+    den = torch.zeros_like(num).index_add_(0, row, w)
+    has = den > 0
+    return (num[has] / den[has]).mean()
+
+
+def text_image_stats(ce: Tensor, is_img: Tensor) -> dict[str, float]:
+    """Mean per-target loss of text and of image targets, for the training log."""
+    nan = float("nan")
+    return {"loss/text": ce[~is_img].mean().item() if (~is_img).any() else nan,
+            "loss/image": ce[is_img].mean().item() if is_img.any() else nan}
 
 
 def prefix_mask(valid: Tensor) -> Tensor:
@@ -126,10 +137,17 @@ class Paradigm:
         through their own modules override this. Default: the token model's embeddings."""
         return model.embed_tokens(tokens, pos)
 
+    def attention(self, span: Tensor, valid: Tensor) -> Tensor:
+        """(B, 1, T, T) mask of whole sequences with span ids (B, T) and validity (B, T):
+        causal over the valid tokens, and bidirectional inside each span when the paradigm's
+        `bidirectional_images` says so (Transfusion / Show-o), in training and answering alike."""
+        if self.bidirectional_images:
+            return and_padding(span_mask(span), valid)[:, None]
+        return prefix_mask(valid)
+
     def prefix_attention(self, batch: Batch) -> Tensor:
-        """Attention mask (B, 1, T, T) of a left-padded prompt batch. Default: causal over the
-        valid tokens. Paradigms with bidirectional image spans override it."""
-        return prefix_mask(batch.valid)
+        """Attention mask (B, 1, T, T) of a left-padded prompt batch."""
+        return self.attention(batch.span, batch.valid)
 
     def hidden(self, model: TokenModel, tokens: Tensor, pos: Tensor, mask, extra: dict,
                cache=None, start: int = 0) -> Tensor:

@@ -59,7 +59,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..model.masks import and_padding, span_mask
 from ..model.unified import TokenModel
 from . import ode
 from .base import Paradigm, Turn, drop_condition, format_turn, reduce_loss
@@ -208,17 +207,8 @@ class Flow(Paradigm):
             t = t.index_put(tg, t_t.to(t.dtype))
         e = head.embed(z, t)                                                 # (C, D)
         if model.image_pos is not None:          # learned cell embeddings (unified.py)
-            h, w = model.image_grid
-            cell = (pos[..., 1] * w + pos[..., 2]).clamp(0, h * w - 1)[sel]  # (C,)
-            e = e + model.image_pos(cell)
+            e = e + model.cell_embedding(pos[sel])
         return x.index_put(sel, e.to(x.dtype))
-
-    def attention(self, span: Tensor, valid: Tensor) -> Tensor:
-        """(B, 1, T, T): causal, bidirectional inside each image span, padding removed."""
-        return and_padding(span_mask(span), valid)[:, None]
-
-    def prefix_attention(self, batch: Batch) -> Tensor:
-        return self.attention(batch.span, batch.valid)
 
     # ---- training -----------------------------------------------------------------------------
     def format(self, turn: Turn, rng: random.Random) -> Packed:

@@ -38,9 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.masks import and_padding, span_mask
 from ..model.unified import TokenModel
-from .base import Paradigm, Turn, drop_condition, format_turn, reduce_loss
+from .base import Paradigm, Turn, drop_condition, format_turn, reduce_loss, text_image_stats
 from .sampling import SamplingConfig, guide, sample
 from .sequence import Batch, Packed, Vocab, collate, image_positions
 
@@ -109,14 +108,6 @@ class Masked(Paradigm):
         super().__init__(vocab)
         self.cfg = cfg or MaskedConfig()
 
-    # ---- attention ----------------------------------------------------------------------------
-    def attention(self, span: Tensor, valid: Tensor) -> Tensor:
-        """(B, 1, T, T): causal, bidirectional inside each image span, padding removed."""
-        return and_padding(span_mask(span), valid)[:, None]
-
-    def prefix_attention(self, batch: Batch) -> Tensor:
-        return self.attention(batch.span, batch.valid)
-
     # ---- training -----------------------------------------------------------------------------
     def format_labeled(self, turn: Turn, rng: random.Random) -> tuple[Packed, list[int]]:
         """The turn's sequence with its target image partly masked, and labels aligned to
@@ -157,10 +148,13 @@ class Masked(Paradigm):
         where = labels != IGNORE
         tgt = labels[where]                                                 # (M,)
         ce = F.cross_entropy(model.logits(h[where]).float(), tgt, reduction="none")
-        is_img = tgt >= self.vocab.code_start
-        stats = {"loss/text": ce[~is_img].mean().item() if (~is_img).any() else float("nan"),
-                 "loss/image": ce[is_img].mean().item() if is_img.any() else float("nan")}
-        return reduce_loss(ce, where, self.cfg.loss_reduction), stats
+        stats = text_image_stats(ce, tgt >= self.vocab.code_start)
+        w = self.target_weights(batch, labels, where)
+        return reduce_loss(ce, where, self.cfg.loss_reduction, w), stats
+
+    def target_weights(self, batch: Batch, labels: Tensor, where: Tensor) -> Tensor | None:
+        """Per-target loss weights (M,) or None (all equal)."""
+        return None
 
     # ---- sampling -----------------------------------------------------------------------------
     def function_evaluations(self) -> int:

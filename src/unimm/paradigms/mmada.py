@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.unified import TokenModel
@@ -110,33 +109,13 @@ class MMaDA(Masked):
         p.loss = [lab != IGNORE for lab in labels]
         return p, labels
 
-    def loss(self, model: TokenModel, batch: Batch, generator=None):
-        extra = {k: x for k, x in batch.extra.items() if k != "labels"}
-        h = self.hidden(model, batch.tokens, batch.pos, self.attention(batch.span, batch.valid),
-                        extra)                                              # (B, T, D)
-        labels = batch.extra["labels"]
-        where = labels != IGNORE
-        tgt = labels[where]                                                 # (M,)
-        ce = F.cross_entropy(model.logits(h[where]).float(), tgt, reduction="none")
-        # padding <eos> after an answer's first <eos>: the <eos> label at a response slot that
-        # is preceded (in the labels or the visible tokens) by another <eos> of the same row
-        w = torch.ones_like(ce)
-        is_eos = tgt == self.vocab.eos
-        if is_eos.any():
-            seq = torch.where(where, labels, batch.tokens)                  # (B, T) clean tokens
-            eos = seq == self.vocab.eos
-            before = (eos.long().cumsum(1) - eos.long()) > 0                # an <eos> earlier
-            w = torch.where(before[where] & is_eos, self.cfg.pad_weight, 1.0)
-        is_img = tgt >= self.vocab.code_start
-        stats = {"loss/text": ce[~is_img].mean().item() if (~is_img).any() else float("nan"),
-                 "loss/image": ce[is_img].mean().item() if is_img.any() else float("nan")}
-        if self.cfg.loss_reduction == "token":
-            return (w * ce).sum() / w.sum(), stats
-        rows = torch.repeat_interleave(torch.arange(len(where), device=ce.device), where.sum(1))
-        num = torch.zeros(len(where), device=ce.device).index_add_(0, rows, w * ce)
-        den = torch.zeros(len(where), device=ce.device).index_add_(0, rows, w)
-        has = den > 0
-        return (num[has] / den[has]).mean(), stats
+    def target_weights(self, batch: Batch, labels: Tensor, where: Tensor) -> Tensor:
+        """Padding <eos> after an answer's first <eos> weighs `pad_weight`: an <eos> label at a
+        slot preceded (in the labels or the visible tokens) by another <eos> of its row."""
+        eos = torch.where(where, labels, batch.tokens) == self.vocab.eos       # (B, T) clean
+        before = (eos.long().cumsum(1) - eos.long()) > 0                       # an <eos> earlier
+        pad = (before & eos)[where]                                            # (M,)
+        return torch.where(pad, self.cfg.pad_weight, 1.0)
 
     # ---- text sampling ------------------------------------------------------------------------
     def text_evaluations(self, n_blocks: int = 1) -> int:
