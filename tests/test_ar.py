@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from reference import greedy_text_by_recompute
 
 from unimm.model.backbone import BackboneConfig
 from unimm.model.unified import TokenModel
@@ -89,21 +90,7 @@ def test_cached_text_decoding_equals_full_recompute():
     ar = Autoregressive(V)
     t = Turn("vqa", [3, 4, 5], list(range(V.n_image)))
     fast = ar.generate_text(m, [t, Turn("vqa", [7], list(range(V.n_image)))], 8, GREEDY)[0]
-    p = format_turn(V, t, with_target=False)
-    toks, pos = list(p.tokens), list(p.pos)
-    ref = []
-    for _ in range(8):
-        h = m.hidden(torch.tensor([toks]), torch.tensor([pos]))[0, -1]
-        lg = m.logits(h, 0, V.text_end)
-        lg[V.n_text:] = float("-inf")
-        lg[V.eos] = m.logits(h, V.eos, V.eos + 1)[0]
-        tok = int(lg.argmax())
-        if tok == V.eos:
-            break
-        ref.append(tok)
-        n = len(toks)
-        toks.append(tok)
-        pos.append((n, n, n))
+    ref = greedy_text_by_recompute(ar, m, t)
     assert fast == ref
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference import greedy_text_by_recompute
 
 from unimm.data.splits import ShapesWorld
 from unimm.model.backbone import BackboneConfig
 from unimm.model.unified import TokenModel
 from unimm.model.vit import EncoderFileError, ViT, ViTConfig, read_encoder
 from unimm.paradigms.ar import ARConfig
-from unimm.paradigms.base import Turn, drop_condition, format_turn
+from unimm.paradigms.base import Turn, drop_condition
 from unimm.paradigms.decoupled import Decoupled, DecoupledConfig
 from unimm.paradigms.sampling import GREEDY
 from unimm.paradigms.sequence import Vocab
@@ -210,23 +211,7 @@ def test_cached_text_decoding_equals_full_recompute():
     t = Turn("vqa", [3, 4, 5], codes(5), None, None, pixels(5))
     other = Turn("vqa", [7], codes(6), None, None, pixels(6))
     fast = p.generate_text(m, [t, other], 8, GREEDY)[0]
-    pre = format_turn(V, t, with_target=False)
-    toks, pos = list(pre.tokens), list(pre.pos)
-    extra = p.extras_for([t])
-    ref = []
-    for _ in range(8):
-        with torch.no_grad():
-            h = p.hidden(m, torch.tensor([toks]), torch.tensor([pos]), None, extra)[0, -1]
-        lg = m.logits(h, 0, V.text_end)
-        lg[V.n_text:] = float("-inf")
-        lg[V.eos] = m.logits(h, V.eos, V.eos + 1)[0]
-        tok = int(lg.argmax())
-        if tok == V.eos:
-            break
-        ref.append(tok)
-        n = len(toks)
-        toks.append(tok)
-        pos.append((n, n, n))
+    ref = greedy_text_by_recompute(p, m, t, extra=p.extras_for([t]))
     assert fast == ref and len(ref) > 0
 
 
