@@ -38,3 +38,18 @@ def test_default_model_answers_and_draws(pipe):
     judged = judge_batch(np.stack(pipe.draw([e.text for e in t2i])))
     full = np.mean([e.target_scene.key() == j.key() for e, j in zip(t2i, judged)])
     assert full >= 0.35, full
+
+
+def test_reasoning_replies_are_cut_to_the_answer(pipe, monkeypatch):
+    """Runs trained with data.vqa_reasoning reply "<scene description> Answer: <answer>";
+    ask returns the answer, or the whole reply with reasoning=True. Replies without the mark
+    (captions, runs without reasoning) come back whole."""
+    reply = "A small red circle in the center. Answer: yes"
+    tok = pipe.parts.text_tok
+    monkeypatch.setattr(pipe.paradigm, "generate_text",
+                        lambda model, turns, *a, **k: [tok.encode(reply) for _ in turns])
+    img = ShapesWorld("test").image(0)
+    assert pipe.ask(img, "Is there a circle?") == "yes"
+    assert pipe.ask(img, "Is there a circle?", reasoning=True) == reply
+    reply = "A small red circle in the center."
+    assert pipe.caption(img) == reply

@@ -72,3 +72,4 @@ def test_throughput_is_reported_not_asserted_strictly():
     for i in range(2000):
         S.render(S.scene_from_seed(i))
     assert 2000 / (time.perf_counter() - t) > 1000
+

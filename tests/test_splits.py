@@ -93,3 +93,21 @@ def test_canonical_caption_target_is_a_function_of_the_scene():
     for i in range(50):
         ex = w.caption_example(i)
         assert ex.target_text == caption(ex.scene)            # no random phrasing in the target
+
+
+def test_reasoning_targets_describe_the_scene_then_answer():
+    from unimm.data.text import ANSWER_MARK, caption, final_answer
+    from unimm.train.config import DataConfig
+    plain, reasoned = ShapesWorld("train"), ShapesWorld("train", reasoning=True)
+    for i in range(30):
+        a, b = plain.example(i, "vqa"), reasoned.example(i, "vqa")
+        assert a.target_text == a.meta["answer"] and ANSWER_MARK not in a.target_text
+        assert b.target_text == f"{caption(b.scene)} {ANSWER_MARK} {a.target_text}"
+        assert final_answer(b.target_text) == a.target_text and b.text == a.text
+        # eval examples keep the plain answer whatever the training stream does
+        assert reasoned.vqa_example(i).target_text == a.target_text
+    assert final_answer("no mark here ") == "no mark here"
+    with pytest.raises(ValueError, match="vqa_reasoning"):
+        DataConfig(vqa_reasoning="chain")
+    with pytest.raises(ValueError, match="shapes"):
+        DataConfig(dataset="digits", vqa_reasoning="caption")

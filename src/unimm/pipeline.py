@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .data.images import ImageError, load_image
+from .data.text import final_answer
 from .paradigms.base import Turn
 from .paradigms.sampling import GREEDY, SamplingConfig
 from .train.run import Parts, RunError, load_run, resolve_device
@@ -106,8 +107,10 @@ class Pipeline:
     # ---- batched core ------------------------------------------------------------------------
     @torch.no_grad()
     def answer(self, images, questions, max_new: int = 64,
-               sampling: SamplingConfig = GREEDY, seed: int | None = None) -> list[str]:
-        """Answer questions about images (one each), batched."""
+               sampling: SamplingConfig = GREEDY, seed: int | None = None,
+               reasoning: bool = False) -> list[str]:
+        """Answer questions about images (one each), batched. Runs trained to describe the scene
+        before answering (`data.vqa_reasoning`) return only the answer unless `reasoning`."""
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions")
         # The question must leave room for at least a short answer; the answer is then cut at
@@ -124,7 +127,7 @@ class Pipeline:
             n_new = min(max_new, self.cfg.model.max_seq_len - prefix)
             ids = self.paradigm.generate_text(self.model, chunk, n_new, sampling, gen)
             out += [self.parts.text_tok.decode(x).strip() for x in ids]
-        return out
+        return out if reasoning else [final_answer(t) for t in out]
 
     @torch.no_grad()
     def draw(self, prompts, images=None, guidance: float | None = None,
@@ -159,8 +162,10 @@ class Pipeline:
         from .data.splits import CAPTION_PROMPT
         return self.answer([image], [CAPTION_PROMPT])[0]
 
-    def ask(self, image, question: str) -> str:
-        return self.answer([image], [question])[0]
+    def ask(self, image, question: str, reasoning: bool = False) -> str:
+        """The answer; with `reasoning`, the whole reply (a scene description, then
+        "Answer: ..." for runs trained with `data.vqa_reasoning`)."""
+        return self.answer([image], [question], reasoning=reasoning)[0]
 
     def generate(self, prompt: str, n: int = 1, guidance: float | None = None,
                  seed: int | None = None, temperature: float | None = None,

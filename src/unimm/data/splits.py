@@ -21,7 +21,7 @@ import numpy as np
 from ..eval.geneval import CATEGORIES, GenevalPrompt, sample_prompt, target_scene
 from .shapes import (DEFAULT_IMAGE_SIZE, HOLDOUT_PAIRS, Scene, check_image_size, render,
                      sample_scene)
-from .text import EDIT_KINDS, QUESTION_KINDS, Edit, caption, edit, question
+from .text import EDIT_KINDS, QUESTION_KINDS, Edit, caption, edit, question, with_reasoning
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
@@ -72,11 +72,15 @@ class ShapesWorld:
 
     tasks = TASKS
 
-    def __init__(self, split: str = "train", config: WorldConfig | None = None):
+    def __init__(self, split: str = "train", config: WorldConfig | None = None,
+                 reasoning: bool = False):
+        """`reasoning`: training VQA targets describe the scene before the answer
+        (`text.with_reasoning`); `vqa_example` called directly keeps the plain answer."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
         self.split = split
         self.config = config or WorldConfig()
+        self.reasoning = reasoning
         train = split == "train"
         mode = self.config.holdout
         self.forbid_gen = HOLDOUT_PAIRS if train and mode != "none" else frozenset()
@@ -108,7 +112,7 @@ class ShapesWorld:
         return Example("caption", i, CAPTION_PROMPT, image=render(s),
                        target_text=caption(s, rng, style), scene=s)
 
-    def vqa_example(self, i: int, kind: str | None = None) -> Example:
+    def vqa_example(self, i: int, kind: str | None = None, reasoning: bool = False) -> Example:
         """Image + question -> answer. The kind (and for yes/no kinds the answer) is drawn
         first; if it cannot be asked about scene(i), a new scene is drawn from this example's
         stream, so kinds are uniform and yes/no exactly balanced in expectation."""
@@ -118,8 +122,9 @@ class ShapesWorld:
         s = self.scene(i)
         while (qa := question(s, rng, kind, want)) is None:
             s = sample_scene(rng, self.config.image_size, forbid=self.forbid_all)
-        return Example("vqa", i, qa.question, image=render(s), target_text=qa.answer,
-                       scene=s, kind=qa.kind)
+        target = with_reasoning(s, qa.answer) if reasoning else qa.answer
+        return Example("vqa", i, qa.question, image=render(s), target_text=target,
+                       scene=s, kind=qa.kind, meta={"answer": qa.answer})
 
     def t2i_example(self, i: int, geneval: bool | None = None) -> Example:
         """Prompt -> image. Full-scene captions, or (with probability geneval_prompt_frac) a
@@ -149,7 +154,9 @@ class ShapesWorld:
                        kind=e.kind)
 
     def example(self, i: int, task: str) -> Example:
-        fn = {"caption": self.caption_example, "vqa": self.vqa_example,
+        if task == "vqa":
+            return self.vqa_example(i, reasoning=self.reasoning)
+        fn = {"caption": self.caption_example,
               "t2i": self.t2i_example, "edit": self.edit_example}.get(task)
         if fn is None:
             raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")

@@ -334,6 +334,24 @@ def questions(scene: Scene, rng: random.Random, n: int = 4) -> list[QA]:
     return out
 
 
+# Reasoning before answering: the model first writes the canonical caption of the scene, then
+# the answer after this mark. Understanding then rests on the skill the model learns best
+# (describing the whole scene) plus reading its own text, instead of grounding each question
+# in the image codes directly.
+ANSWER_MARK = "Answer:"
+
+
+def with_reasoning(scene: Scene, answer: str) -> str:
+    """The target of a question answered by first describing the scene."""
+    return f"{caption(scene)} {ANSWER_MARK} {answer}"
+
+
+def final_answer(text: str) -> str:
+    """The answer part of a model's reply (all of it when it wrote no reasoning)."""
+    head, mark, tail = text.rpartition(ANSWER_MARK)
+    return tail.strip() if mark else text.strip()
+
+
 _NORM_NUM = {str(i): w for i, w in enumerate(NUMBER_WORDS)}
 
 

@@ -27,6 +27,15 @@ class DataConfig:
     edit: float = 1.0
     text_vocab_size: int = 512
     text_corpus: int = 4000           # train examples per task the BPE is fitted on
+    # "caption": VQA targets first describe the whole scene, then answer after "Answer:"
+    # (ShapesWorld only; the pipeline returns the part after the mark).
+    vqa_reasoning: Literal["none", "caption"] = "none"
+
+    def __post_init__(self):
+        if self.vqa_reasoning not in ("none", "caption"):
+            raise ValueError(f"vqa_reasoning must be 'none' or 'caption', got {self.vqa_reasoning!r}")
+        if self.vqa_reasoning != "none" and self.dataset != "shapes":
+            raise ValueError("vqa_reasoning needs dataset = 'shapes' (digit answers have nothing to describe)")
 
     def weights(self) -> dict[str, float]:
         w = {"caption": self.caption, "vqa": self.vqa, "t2i": self.t2i, "edit": self.edit}

@@ -46,9 +46,9 @@ class DigitsSource:
         raise ValueError(f"digits have no {task!r} task; known: {', '.join(self.tasks)}")
 
 
-def make_source(dataset: str, split: str, world: WorldConfig):
+def make_source(dataset: str, split: str, world: WorldConfig, reasoning: bool = False):
     if dataset == "shapes":
-        return ShapesWorld(split, world)
+        return ShapesWorld(split, world, reasoning=reasoning)
     if dataset == "digits":
         return DigitsSource(split, world.image_size)
     raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")
