@@ -3,3 +3,17 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """An image tokenizer trained once per test session with configs/tiny.toml (seconds)."""
+    from unimm.tokenizers.train_image import train_image_tokenizer
+    from unimm.train.config import RunConfig
+    from unimm.utils.config import load_config
+    out = tmp_path_factory.mktemp("tok")
+    train_image_tokenizer(load_config(RunConfig, "configs/tiny.toml").image_tokenizer, out,
+                          progress=False)
+    return out

@@ -231,15 +231,6 @@ def test_batched_cfg_equals_separate_passes():
 # ---------------------------------------------------------------------------------------------
 # end to end: the real Trainer and Pipeline
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer(tmp_path_factory):
-    from unimm.tokenizers.train_image import train_image_tokenizer
-    cfg = load_config(RunConfig, "configs/tiny.toml")
-    out = tmp_path_factory.mktemp("tok")
-    train_image_tokenizer(cfg.image_tokenizer, out, progress=False)
-    return out
-
-
 ENC = ["decoupled.encoder.dim=32", "decoupled.encoder.n_layers=1", "decoupled.encoder.n_heads=2",
        "decoupled.encoder.embed_dim=32"]
 

@@ -265,17 +265,6 @@ def test_cached_text_decoding_over_latent_images_equals_full_recompute():
 
 
 # ---- decoding and the real stack ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory):
-    from unimm.tokenizers.train_image import train_image_tokenizer
-    from unimm.train.config import RunConfig
-    from unimm.utils.config import load_config
-    cfg = load_config(RunConfig, "configs/tiny.toml")
-    out = tmp_path_factory.mktemp("tok")
-    train_image_tokenizer(cfg.image_tokenizer, out, progress=False)
-    return out
-
-
 def test_snapping_to_the_nearest_code_decodes_noisy_latents_more_faithfully(tiny_tokenizer):
     from unimm.data.splits import ShapesWorld
     from unimm.tokenizers.image import load_image_tokenizer

@@ -157,17 +157,14 @@ def test_overfitting_one_batch_drives_the_loss_down():
     assert torch.isfinite(loss) and first > 2.0 and loss.item() < 0.1, (first, loss.item())
 
 
-def test_tiny_run_end_to_end(tmp_path):
+def test_tiny_run_end_to_end(tiny_tokenizer, tmp_path):
     import numpy as np
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline
-    from unimm.tokenizers.train_image import train_image_tokenizer
     from unimm.train.config import RunConfig
     from unimm.train.trainer import Trainer
     from unimm.utils.config import load_config
-    tok = tmp_path / "tok"
-    train_image_tokenizer(load_config(RunConfig, "configs/tiny.toml").image_tokenizer, tok,
-                          progress=False)
+    tok = tiny_tokenizer
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tok}", "paradigm=masked", "masked.steps=3"])
     tr = Trainer(cfg, tmp_path / "run", progress=False)

@@ -175,17 +175,14 @@ def test_learns_to_answer_by_unmasking():
     assert P.generate_text(m.eval(), ts) == [[5, 6], [9]]
 
 
-def test_tiny_run_end_to_end(tmp_path):
+def test_tiny_run_end_to_end(tiny_tokenizer, tmp_path):
     import numpy as np
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline
-    from unimm.tokenizers.train_image import train_image_tokenizer
     from unimm.train.config import RunConfig
     from unimm.train.trainer import Trainer
     from unimm.utils.config import load_config
-    tok = tmp_path / "tok"
-    train_image_tokenizer(load_config(RunConfig, "configs/tiny.toml").image_tokenizer, tok,
-                          progress=False)
+    tok = tiny_tokenizer
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tok}", "paradigm=mmada", "mmada.steps=3"])
     Trainer(cfg, tmp_path / "run", progress=False).fit()

@@ -30,11 +30,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from unimm.tokenizers.train_image import train_image_tokenizer
-    tok = tmp_path_factory.mktemp("tok")
-    train_image_tokenizer(load_config(RunConfig, "configs/tiny.toml").image_tokenizer, tok,
-                          progress=False)
+def tiny_run(tiny_tokenizer, tmp_path_factory):
+    tok = tiny_tokenizer
     d = tmp_path_factory.mktemp("run")
     Trainer(load_config(RunConfig, "configs/tiny.toml", [f"image_tokenizer_path={tok}"]), d,
             progress=False).fit()

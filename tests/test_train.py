@@ -20,15 +20,6 @@ from unimm.train.trainer import Trainer
 from unimm.utils.config import load_config
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer(tmp_path_factory):
-    from unimm.tokenizers.train_image import train_image_tokenizer
-    cfg = load_config(RunConfig, "configs/tiny.toml")
-    out = tmp_path_factory.mktemp("tok")
-    train_image_tokenizer(cfg.image_tokenizer, out, progress=False)
-    return out
-
-
 def tiny(tok, *over):
     return load_config(RunConfig, "configs/tiny.toml", [f"image_tokenizer_path={tok}", *over])
 

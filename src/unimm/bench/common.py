@@ -30,13 +30,17 @@ def conditions() -> dict:
 
 
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
-    """Run fn() warmup + repeats times; return median/min/max seconds of the timed runs."""
+    """Run fn() warmup + repeats times; return median/min/max wall seconds of the timed runs,
+    the raw times, and the median CPU seconds of this process (less sensitive than wall time
+    to other jobs on a shared machine; equal to wall time for a single-threaded job that
+    never waits)."""
     for _ in range(warmup):
         fn()
-    ts = []
+    ts, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-            "repeats": repeats}
+            "repeats": repeats, "times_s": ts, "cpu_median_s": statistics.median(cpu)}

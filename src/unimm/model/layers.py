@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from unimm.model.cache import KVCache
@@ -42,6 +41,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:   # no casts to pay
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * self.weight.float()).type_as(x)
@@ -71,24 +72,26 @@ class Attention(nn.Module):
                              bias=False)
         self.proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.proj.is_residual_proj = True  # scaled init, see Backbone._init_weights
+        self.qk_norm = cfg.qk_norm
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
                 is_causal: bool, cache: KVCache | None, layer: int, start: int) -> Tensor:
-        e = self.head_dim
-        q, k, v = self.qkv(x).split(  # (b, t, (h + 2g) e) -> three chunks
-            [self.n_heads * e, self.n_kv_heads * e, self.n_kv_heads * e], dim=-1)
-        q = rearrange(q, "b t (h e) -> b h t e", e=e)
-        k = rearrange(k, "b t (g e) -> b g t e", e=e)
-        v = rearrange(v, "b t (g e) -> b g t e", e=e)
-        q = apply_rotary(self.q_norm(q), *rope)
-        k = apply_rotary(self.k_norm(k), *rope)
+        b, t, _ = x.shape
+        h, g, e = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv(x).view(b, t, h + 2 * g, e).transpose(1, 2)   # (b, h + 2g, t, e)
+        q, k, v = qkv.split([h, g, g], dim=1)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        else:   # one rotation for queries and keys together (fewer small ops when decoding)
+            q, k = apply_rotary(qkv[:, :h + g], *rope).split([h, g], dim=1)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (b, g, s, e), s = start + t
         p = self.dropout if self.training else 0.0
         y = attention(q, k, v, mask, is_causal, p)  # (b, h, t, e)
-        return self.proj(rearrange(y, "b h t e -> b t (h e)"))
+        return self.proj(y.transpose(1, 2).reshape(b, t, h * e))
 
 
 class SwiGLU(nn.Module):

@@ -93,9 +93,9 @@ class Rotary(nn.Module):
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x: (b, h, t, e); cos, sin: (b, 1, t, e/2) -> rotated x, same dtype."""
-    x1, x2 = x.float().chunk(2, dim=-1)  # (b, h, t, p) each
+    x1, x2 = x.float().chunk(2, dim=-1)  # (b, h, t, p) each (float() is free for float32)
     out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.type_as(x)
+    return out if out.dtype == x.dtype else out.type_as(x)
 
 
 def positions_1d(batch: int, length: int, offset: int | Tensor = 0,

@@ -13,25 +13,60 @@ Notable choices:
   have to be inferred from the offset to a text query whose own index varies with the
   question's length. Zero-initialised, so enabling it on a trained model changes nothing at
   first.
+- Optional Janus-style code input/output (`code_mlp`, Janus arXiv:2410.13848 and transformers'
+  `JanusModel.generation_*`): image codes get their own small embedding table followed by a
+  two-layer GELU aligner into the model width, and their logits come from a two-layer GELU head,
+  instead of rows of the shared table and head. Text and special tokens keep the plain table
+  and head. With 1-D rotary positions this is exactly transformers' Janus layout, so weights
+  convert both ways (unimm.interop.janus).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import Backbone, BackboneConfig
 
 
+class CodeMLP(nn.Module):
+    """Janus's image-code input and output: Embedding(K, e) -> Linear(e, D) -> GELU ->
+    Linear(D, D) in, Linear(D, D) -> GELU -> Linear(D, K) out (biases, exact GELU)."""
+
+    def __init__(self, n_codes: int, dim: int, embed_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(n_codes, embed_dim)
+        self.align_in, self.align_out = nn.Linear(embed_dim, dim), nn.Linear(dim, dim)
+        self.head_in, self.head_out = nn.Linear(dim, dim), nn.Linear(dim, n_codes)
+        for m in (self.align_in, self.align_out, self.head_in, self.head_out):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        nn.init.normal_(self.embed.weight, std=1.0)
+
+    def embed_codes(self, codes: Tensor) -> Tensor:
+        """(...,) codes in [0, K) -> (..., D)."""
+        return self.align_out(F.gelu(self.align_in(self.embed(codes))))
+
+    def logits(self, h: Tensor) -> Tensor:
+        """(..., D) -> (..., K)."""
+        return self.head_out(F.gelu(self.head_in(h)))
+
+
 class TokenModel(nn.Module):
     def __init__(self, vocab_size: int, cfg: BackboneConfig,
-                 image_grid: tuple[int, int] | None = None, code_start: int = 0):
+                 image_grid: tuple[int, int] | None = None, code_start: int = 0,
+                 code_mlp: int = 0):
+        """`code_mlp` > 0: Janus-style code input/output (CodeMLP) with that code embedding
+        width for the codes [code_start, vocab_size); the plain table and head then cover
+        only [0, code_start)."""
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.embed = nn.Embedding(vocab_size, cfg.dim)
+        rows = code_start if code_mlp else vocab_size
+        self.embed = nn.Embedding(rows, cfg.dim)
         self.backbone = Backbone(cfg)
-        self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
+        self.head = nn.Linear(cfg.dim, rows, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
         self.extras = nn.ModuleDict()     # a paradigm's own modules (Paradigm.attach)
@@ -41,6 +76,12 @@ class TokenModel(nn.Module):
         if image_grid is not None:
             self.image_pos = nn.Embedding(image_grid[0] * image_grid[1], cfg.dim)
             nn.init.zeros_(self.image_pos.weight)
+        self.codes = None
+        if code_mlp:
+            if not 0 < code_start < vocab_size:
+                raise ValueError(f"code_mlp needs codes after the text: code_start={code_start}, "
+                                 f"vocab_size={vocab_size}")
+            self.codes = CodeMLP(vocab_size - code_start, cfg.dim, code_mlp)
 
     @torch.no_grad()
     def init_codes_from(self, codebook: Tensor, start: int, std: float = 0.02) -> None:
@@ -48,6 +89,9 @@ class TokenModel(nn.Module):
         projection of the tokenizer's codebook vectors (K, d): codes for similar patches start
         with similar embeddings, instead of K unrelated random vectors each seen rarely (the
         role of Janus's aligner over VQ embeddings, here as an initialisation only)."""
+        if self.codes is not None:
+            raise ValueError("code_init = 'codebook' initialises rows of the shared table; "
+                             "a model with Janus-style code MLPs (code_mlp) has none")
         cb = codebook.float()
         cb = cb / cb.norm(dim=1, keepdim=True).clamp_min(1e-6)              # (K, d) unit rows
         proj = torch.randn(cb.shape[1], self.cfg.dim, device=cb.device) * std  # (d, D)
@@ -63,7 +107,14 @@ class TokenModel(nn.Module):
 
     def embed_tokens(self, tokens: Tensor, pos: Tensor) -> Tensor:
         """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings."""
-        x = self.embed(tokens)
+        if self.codes is None:
+            x = self.embed(tokens)
+        else:
+            is_code = tokens >= self.code_start                              # (B, T)
+            x = self.embed(tokens.clamp(max=self.code_start - 1))
+            if bool(is_code.any()):
+                x = x.index_put((is_code,), self.codes.embed_codes(
+                    tokens[is_code] - self.code_start).to(x.dtype))
         if self.image_pos is not None:
             is_code = (tokens >= self.code_start)[..., None]                 # (B, T, 1)
             x = x + self.cell_embedding(pos) * is_code
@@ -77,7 +128,15 @@ class TokenModel(nn.Module):
 
     def logits(self, h: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
         """(..., D) -> (..., hi - lo): the head restricted to vocabulary rows [lo, hi)."""
-        return h @ self.head.weight[lo:hi].T
+        if self.codes is None:
+            return h @ self.head.weight[lo:hi].T
+        cs, hi = self.code_start, self.vocab_size if hi is None else hi
+        parts = []
+        if lo < cs:
+            parts.append(h @ self.head.weight[lo:min(hi, cs)].T)
+        if hi > cs:
+            parts.append(self.codes.logits(h)[..., max(lo, cs) - cs:hi - cs])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def forward(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.logits(self.hidden(tokens, pos, mask))

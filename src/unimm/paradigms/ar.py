@@ -4,8 +4,10 @@ Image positions are VQ codes in the shared vocabulary; the image span is causal;
 next-token cross-entropy on the assistant's tokens only; images are sampled code by code.
 
 Notable choices:
-- Condition dropout (`cfg_dropout`) replaces the prompt/instruction with nothing for
-  classifier-free guidance, as LlamaGen / Janus do.
+- Condition dropout (`cfg_dropout`) removes the prompt/instruction for classifier-free
+  guidance (`uncond = "drop"`), or keeps its length and writes <pad> over every prompt token but
+  <bos> and the image delimiters (`uncond = "pad"`, as Janus trains and transformers' Janus
+  samples; the pads are attended).
 - Sampling runs conditional and unconditional rows in one batched forward (2B rows), with a
   preallocated KV cache, and computes logits only over the code slice: an image span holds
   exactly N codes and nothing else (constrained decoding by construction).
@@ -37,10 +39,23 @@ class ARConfig:
     # image then outweighs a one-word answer 64:1) or "sequence" (each example weighs the
     # same, so the task mixture sets the balance between understanding and generation).
     loss_reduction: Literal["token", "sequence"] = "token"
+    # The unconditional row of guidance: "drop" the condition, or "pad" it (Janus layout).
+    uncond: Literal["drop", "pad"] = "drop"
 
     def __post_init__(self):
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
+        if self.uncond not in ("drop", "pad"):
+            raise ValueError(f"uncond must be 'drop' or 'pad', got {self.uncond!r}")
+
+
+def pad_condition(v: Vocab, p: Packed) -> Packed:
+    """Janus's unconditional row: every non-target token except <bos>, <boi>, <eoi> and image
+    codes becomes <pad> (same length and positions, still attended)."""
+    keep = (v.bos, v.boi, v.eoi)
+    tokens = [t if loss or t in keep or t >= v.code_start else v.pad
+              for t, loss in zip(p.tokens, p.loss)]
+    return Packed(tokens, p.pos, p.loss, p.span)
 
 
 class Autoregressive(Paradigm):
@@ -52,8 +67,14 @@ class Autoregressive(Paradigm):
 
     def format(self, turn: Turn, rng: random.Random) -> Packed:
         if turn.task in ("t2i", "edit") and rng.random() < self.cfg.cfg_dropout:
-            turn = drop_condition(turn)
+            return self.unconditional(turn, with_target=True)
         return format_turn(self.vocab, turn)
+
+    def unconditional(self, turn: Turn, with_target: bool = False) -> Packed:
+        """The guidance twin of a generation turn (config `uncond`)."""
+        if self.cfg.uncond == "pad":
+            return pad_condition(self.vocab, format_turn(self.vocab, turn, with_target))
+        return format_turn(self.vocab, drop_condition(turn), with_target)
 
     def loss(self, model: TokenModel, batch: Batch, generator=None):
         h = self.hidden(model, batch.tokens, batch.pos, None, batch.extra)   # (B, T, D), causal
@@ -73,7 +94,7 @@ class Autoregressive(Paradigm):
         use_cfg = guidance != 1.0
         rows = [format_turn(v, t, with_target=False) for t in turns]
         if use_cfg:
-            rows += [format_turn(v, drop_condition(t), with_target=False) for t in turns]
+            rows += [self.unconditional(t) for t in turns]
         batch = collate(rows, v.pad, left=True)
         dev = next(model.parameters()).device
         tokens, pos, valid = batch.tokens.to(dev), batch.pos.to(dev), batch.valid.to(dev)

@@ -117,5 +117,15 @@ class RunConfig:
     code_init: Literal["random", "codebook"] = "random"
     # Learned absolute (row, col) embeddings added to image-code inputs (TokenModel docs).
     image_pos: Literal["none", "learned"] = "none"
+    # > 0: Janus-style image-code input/output MLPs with this code-embedding width instead of
+    # rows of the shared table and head (model/unified.py CodeMLP; needed for the Janus format).
+    code_mlp: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if self.code_mlp < 0:
+            raise ValueError(f"code_mlp must be >= 0 (0 = off), got {self.code_mlp}")
+        if self.code_mlp and self.code_init == "codebook":
+            raise ValueError("code_init = 'codebook' initialises rows of the shared table; "
+                             "with code_mlp > 0 codes have their own embedding (use 'random')")

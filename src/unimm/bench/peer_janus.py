@@ -1,0 +1,206 @@
+"""Ours against transformers' `JanusForConditionalGeneration` on identical work and weights.
+
+`measure(spec)` builds (or loads) one Janus-compatible model, writes its weights once, and runs
+two child processes, ours and transformers', that each load those weights (transformers' through
+unimm.interop.janus), then time the same jobs with the same protocol (warm-up, `repeats` timed
+runs, median and spread, one torch thread unless told otherwise):
+
+- image generation, guidance on, greedy: 1 prompt and 16 prompts (left-padded, mixed lengths);
+- answering, greedy: 1 question and 16 questions, up to `max_new` tokens.
+
+The children also return their outputs, so the parent checks that the greedy image codes and
+answers are identical before it reports any ratio (a ratio of different work means nothing).
+
+Spec keys: run (a Janus-compatible run folder, or "" for the default-model shape from
+configs/janus_compat.toml with seeded random weights), config, repeats, warmup, threads,
+guidance, max_new, quick (a tiny shape and fewer prompts, for the CI smoke test), out_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+
+from .common import conditions, timeit
+
+QUICK_SET = ["model.dim=32", "model.n_layers=1", "model.n_heads=4", "model.rope_sections=[4,0,0]"]
+
+
+def _random_parts(config: str, quick: bool, seed: int = 0):
+    """A Janus-compatible model with seeded random weights and its vocabulary (no tokenizers:
+    the work is given as token ids)."""
+    from ..model.unified import TokenModel
+    from ..paradigms import build_paradigm
+    from ..paradigms.sequence import Vocab
+    from ..train.config import RunConfig
+    from ..utils.config import load_config
+    cfg = load_config(RunConfig, config, QUICK_SET if quick else [])
+    tok = cfg.image_tokenizer.tokenizer
+    size = cfg.data.world.image_size
+    grid = (size // tok.patch_size,) * 2
+    v = Vocab(cfg.data.text_vocab_size, tok.codebook_size, grid)
+    torch.manual_seed(seed)
+    model = TokenModel(v.size, cfg.model, code_start=v.code_start, code_mlp=cfg.code_mlp).eval()
+    return types.SimpleNamespace(cfg=cfg, vocab=v, model=model, paradigm=build_paradigm("ar", v, cfg),
+                                 image_tok=types.SimpleNamespace(image_size=size))
+
+
+def _work(v, n: int, seed: int = 0):
+    """n prompts (t2i turns) and n questions (vqa turns over random images), mixed lengths."""
+    from ..paradigms.base import Turn
+    r = random.Random(seed)
+    prompts = [Turn("t2i", [r.randrange(v.n_text) for _ in range(r.randint(12, 24))])
+               for _ in range(n)]
+    questions = [Turn("vqa", [r.randrange(v.n_text) for _ in range(r.randint(6, 12))],
+                      [r.randrange(v.n_codes) for _ in range(v.n_image)]) for _ in range(n)]
+    return prompts, questions
+
+
+def _child(spec: dict) -> dict:
+    """One side (spec['side'] = 'ours' | 'janus'): load the weights, time the jobs."""
+    torch.set_num_threads(spec["threads"])
+    from safetensors.torch import load_file
+
+    from ..paradigms.sampling import GREEDY
+    parts = _random_parts(spec["config"], spec["quick"])
+    parts.model.load_state_dict(load_file(spec["weights"]))
+    v, n, g = parts.vocab, spec["batch"], spec["guidance"]
+    prompts, questions = _work(v, n)
+    if spec["side"] == "ours":
+        par, model = parts.paradigm, parts.model
+
+        def draw(ts):
+            return par.generate_images(model, ts, g, GREEDY)
+
+        def answer(qs):
+            return par.generate_text(model, qs, spec["max_new"], GREEDY)
+    else:
+        import transformers
+
+        from ..interop.janus import build_janus, janus_answer, janus_generate_codes
+        transformers.logging.set_verbosity_error()
+        janus = build_janus(parts)
+        del parts.model
+
+        def draw(ts):
+            return janus_generate_codes(janus, v, ts, g)
+
+        def answer(qs):
+            return janus_answer(janus, v, qs, spec["max_new"])
+    out = {"side": spec["side"], "conditions": conditions(), "jobs": {}, "outputs": {}}
+    jobs = {"generate_b1": (draw, prompts[:1]), f"generate_b{n}": (draw, prompts),
+            "answer_b1": (answer, questions[:1]), f"answer_b{n}": (answer, questions)}
+    with torch.inference_mode():
+        for name, (fn, arg) in jobs.items():
+            res = fn(arg)
+            t = timeit(lambda: fn(arg), repeats=spec["repeats"], warmup=spec["warmup"])
+            if name.startswith("generate"):
+                out["outputs"][name] = res.tolist()
+                t["images"] = len(arg)
+                t["s_per_image"] = t["median_s"] / len(arg)
+            else:
+                out["outputs"][name] = res
+                toks = sum(len(a) + 1 for a in res)         # + the <eos> (or last step)
+                t["tokens"] = toks
+                t["tokens_per_s"] = toks / t["median_s"]
+            out["jobs"][name] = t
+            print(f"  {spec['side']:5s} {name:13s} {t['median_s'] * 1e3:9.1f} ms "
+                  f"(min {t['min_s'] * 1e3:.1f}, max {t['max_s'] * 1e3:.1f})", flush=True)
+    return out
+
+
+def _spawn(spec: dict, work: Path) -> dict:
+    path = work / f"janus-{spec['side']}.json"
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "unimm.bench.peer_janus", str(path)], env=env)
+    if r.returncode:
+        raise RuntimeError(f"the {spec['side']} side failed with exit code {r.returncode} "
+                           f"(its error is printed above)")
+    return json.loads(path.with_suffix(".out.json").read_text())
+
+
+def _merge(runs: list[dict]) -> dict:
+    """Timings of one job from several rounds (processes) -> one summary over all samples."""
+    import statistics
+    ts = [t for r in runs for t in r["times_s"]]
+    out = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+           "samples": len(ts), "cpu_median_s": statistics.median(r["cpu_median_s"] for r in runs)}
+    for k in ("s_per_image", "tokens", "images"):
+        if k in runs[0]:
+            out[k] = runs[0][k]
+    if "tokens" in out:
+        out["tokens_per_s"] = out["tokens"] / out["median_s"]
+    if "images" in out:
+        out["s_per_image"] = out["median_s"] / out["images"]
+    return out
+
+
+def measure(spec: dict) -> dict:
+    """Both sides in their own processes, alternating for `rounds` rounds (ours, theirs, ours,
+    theirs, ...) so that a change of machine load hits both; identical outputs checked;
+    ratios theirs / ours (> 1: we are faster)."""
+    from safetensors.torch import save_file
+    quick = bool(spec.get("quick"))
+    base = {"config": spec.get("config", "configs/janus_compat.toml"), "quick": quick,
+            "repeats": int(spec.get("repeats", 2 if quick else 5)),
+            "warmup": int(spec.get("warmup", 1)), "threads": int(spec.get("threads", 1)),
+            "guidance": float(spec.get("guidance", 3.0)),
+            "max_new": int(spec.get("max_new", 8 if quick else 24)),
+            "batch": int(spec.get("batch", 4 if quick else 16))}
+    rounds = int(spec.get("rounds", 1 if quick else 2))
+    parts = _random_parts(base["config"], quick)
+    with tempfile.TemporaryDirectory(prefix="unimm-janus-") as tmp:
+        work = Path(tmp)
+        save_file({k: t.contiguous() for k, t in parts.model.state_dict().items()},
+                  work / "weights.safetensors")
+        base["weights"] = str(work / "weights.safetensors")
+        runs = {"ours": [], "janus": []}
+        for _ in range(rounds):
+            for side in ("ours", "janus"):
+                runs[side].append(_spawn({**base, "side": side}, work))
+    ours, theirs = runs["ours"][0], runs["janus"][0]
+    same = {k: all(r["outputs"][k] == ours["outputs"][k] for r in runs["ours"] + runs["janus"])
+            for k in ours["outputs"]}
+    rows = {}
+    for k in ours["jobs"]:
+        t = _merge([r["jobs"][k] for r in runs["ours"]])
+        u = _merge([r["jobs"][k] for r in runs["janus"]])
+        rows[k] = {"ours": t, "theirs": u, "speedup": u["median_s"] / t["median_s"],
+                   "speedup_cpu": u["cpu_median_s"] / t["cpu_median_s"],
+                   "identical_output": same[k]}
+    m = parts.cfg.model
+    return {
+        "peer": "transformers JanusForConditionalGeneration "
+                f"{__import__('transformers').__version__}",
+        "shape": {"dim": m.dim, "n_layers": m.n_layers, "n_heads": m.n_heads,
+                  "n_codes": parts.vocab.n_codes, "n_image": parts.vocab.n_image,
+                  "params": sum(p.numel() for p in parts.model.parameters())},
+        "settings": {**{k: base[k] for k in ("repeats", "warmup", "threads", "guidance",
+                                             "max_new", "batch", "quick", "config")},
+                     "rounds": rounds},
+        "weights": "seeded random initialisation (identical in both processes)",
+        "identical_outputs": all(same.values()),
+        "jobs": rows,
+        "conditions": {"ours": [r["conditions"] for r in runs["ours"]],
+                       "theirs": [r["conditions"] for r in runs["janus"]]},
+        "bars": {"generate_speedup": 3.0, "answer_speedup": 2.0},
+    }
+
+
+def _main(path: str) -> None:
+    spec = json.loads(Path(path).read_text())
+    out = _child(spec)
+    Path(path).with_suffix(".out.json").write_text(json.dumps(out))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

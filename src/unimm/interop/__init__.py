@@ -1,0 +1,1 @@
+"""Converters between unimm runs and other libraries' formats."""
