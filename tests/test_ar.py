@@ -226,3 +226,26 @@ def test_image_position_embedding_touches_only_codes_and_starts_neutral():
     seq = format_turn(V, full[1])
     cells = [(p[1], p[2]) for tok, p in zip(seq.tokens, seq.pos) if tok >= V.code_start]
     assert len(cells) == 2 * V.n_image and cells[:V.n_image] == cells[V.n_image:]
+
+
+def test_reasoning_and_final_answer_weigh_the_same():
+    """A turn that describes the scene before answering (answer_from): the k reasoning tokens
+    weigh 1 each and the final answer plus <eos> share k, so the one-word answer is half the
+    example's loss, not 1/(k+2) of it."""
+    reason, final = [3, 4, 5, 6, 7, 8], [9]
+    t = Turn("vqa", [1, 2], list(range(V.n_image)), reason + final, answer_from=len(reason))
+    p = format_turn(V, t)
+    w = [x for x, l in zip(p.weight, p.loss) if l]
+    assert w == [1.0] * 6 + [3.0, 3.0]                      # 6 / (1 + <eos>) each
+    b = collate([p, format_turn(V, Turn("vqa", [1], list(range(V.n_image)), [9]))], V.pad)
+    assert b.weight.shape == b.tokens.shape and float(b.weight[1].max()) == 1.0
+    m = model()
+    ar = Autoregressive(V, ARConfig(loss_reduction="sequence"))
+    loss, _ = ar.loss(m, b)
+    h = m.hidden(b.tokens, b.pos)
+    ce = torch.nn.functional.cross_entropy(m.logits(h[:, :-1]).transpose(1, 2), b.tokens[:, 1:],
+                                           reduction="none")
+    tgt = b.loss[:, 1:]
+    wt = b.weight[:, 1:]
+    rows = [(ce[i][tgt[i]] * wt[i][tgt[i]]).sum() / wt[i][tgt[i]].sum() for i in range(2)]
+    assert torch.allclose(loss, torch.stack(rows).mean(), atol=1e-5)

@@ -111,3 +111,19 @@ def test_reasoning_targets_describe_the_scene_then_answer():
         DataConfig(vqa_reasoning="chain")
     with pytest.raises(ValueError, match="shapes"):
         DataConfig(dataset="digits", vqa_reasoning="caption")
+
+
+def test_reasoning_targets_tokenize_as_a_whole_and_mark_the_final_answer():
+    from unimm.tokenizers.text import TextTokenizer
+    from unimm.train.data import Encoder, text_corpus
+    w = ShapesWorld("train", reasoning=True)
+    tok = TextTokenizer.train(text_corpus(w, 200), 400)
+    enc = Encoder(tok, None)
+    for i in range(200):
+        e = w.example(i, "vqa")
+        ids, k = enc.answer_ids(e)
+        assert ids == tok.encode(e.target_text)              # same ids as the whole string
+        assert tok.decode(ids[k:]).strip() == e.meta["answer"] and 0 < k < len(ids)
+    plain = ShapesWorld("train").example(0, "vqa")
+    ids, k = enc.answer_ids(plain)
+    assert k is None and ids == tok.encode(plain.target_text)

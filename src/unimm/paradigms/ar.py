@@ -55,7 +55,7 @@ def pad_condition(v: Vocab, p: Packed) -> Packed:
     keep = (v.bos, v.boi, v.eoi)
     tokens = [t if loss or t in keep or t >= v.code_start else v.pad
               for t, loss in zip(p.tokens, p.loss)]
-    return Packed(tokens, p.pos, p.loss, p.span)
+    return Packed(tokens, p.pos, p.loss, p.span, p.weight)
 
 
 class Autoregressive(Paradigm):
@@ -84,7 +84,8 @@ class Autoregressive(Paradigm):
         logits = model.logits(hs).float()
         ce = F.cross_entropy(logits, tgt, reduction="none")
         stats = text_image_stats(ce, tgt >= self.vocab.code_start)
-        return reduce_loss(ce, tgt_mask, self.cfg.loss_reduction), stats
+        w = None if batch.weight is None else batch.weight[:, 1:][tgt_mask]
+        return reduce_loss(ce, tgt_mask, self.cfg.loss_reduction, w), stats
 
     @torch.no_grad()
     def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float = 1.0,

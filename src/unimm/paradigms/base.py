@@ -34,6 +34,10 @@ class Turn:
     answer: list[int] | None = None        # target text ids (understanding)
     target_image: list[int] | None = None  # target image codes (generation, editing)
     pixels: object = None                  # input image pixels (np.ndarray) or None
+    # Index in `answer` where the final answer starts after written reasoning (a scene
+    # description); the reasoning and the final answer (with <eos>) then weigh the same in
+    # the loss, so a one-word answer is not drowned by the sentence before it. None = plain.
+    answer_from: int | None = None
 
 
 def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
@@ -43,7 +47,12 @@ def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
         b.image(turn.image)
     b.special("<user>").text(turn.text).special("<asst>")
     if turn.task in ("caption", "vqa"):
-        if with_target:
+        if with_target and turn.answer_from:
+            k = turn.answer_from
+            w = k / (len(turn.answer) - k + 1)            # reasoning : answer = 1 : 1
+            b.text(turn.answer[:k], loss=True).text(turn.answer[k:], loss=True, weight=w)
+            b.special("<eos>", loss=True, weight=w)
+        elif with_target:
             b.text(turn.answer, loss=True).special("<eos>", loss=True)
     elif with_target:
         b.image(turn.target_image, loss=True).special("<eos>", loss=True)
@@ -55,7 +64,8 @@ def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
 def drop_condition(turn: Turn) -> Turn:
     """The unconditional twin of a generation turn, for classifier-free guidance: the text is
     dropped, an input image (editing) is kept."""
-    return Turn(turn.task, [], turn.image, turn.answer, turn.target_image, turn.pixels)
+    return Turn(turn.task, [], turn.image, turn.answer, turn.target_image, turn.pixels,
+                turn.answer_from)
 
 
 def reduce_loss(per_target: Tensor, where: Tensor, how: str = "token",

@@ -89,6 +89,7 @@ class MMaDA(Masked):
             prefix.pos.append((t0 + i, t0 + i, t0 + i))
             prefix.loss.append(True)
             prefix.span.append(span)
+            prefix.weight.append(1.0)
         return prefix, list(range(t0, t0 + len(tokens)))
 
     def format_labeled(self, turn: Turn, rng: random.Random):

@@ -72,6 +72,7 @@ class Packed:
     pos: list[tuple[int, int, int]]
     loss: list[bool]                  # token t is a training target (predicted from t-1)
     span: list[int]                   # image span id (1, 2, ...) or 0
+    weight: list[float] = field(default_factory=list)   # loss weight per token; [] = all 1
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -85,20 +86,21 @@ class Builder:
         self.p = Packed([], [], [], [])
         self.n_spans = 0
 
-    def _add(self, tok: int, loss: bool, pos=None, span: int = 0):
+    def _add(self, tok: int, loss: bool, pos=None, span: int = 0, weight: float = 1.0):
         t = len(self.p.tokens)
         self.p.tokens.append(tok)
         self.p.pos.append(pos if pos is not None else (t, t, t))
         self.p.loss.append(loss)
         self.p.span.append(span)
+        self.p.weight.append(weight)
 
-    def special(self, name: str, loss: bool = False) -> "Builder":
-        self._add(self.v.special(name), loss)
+    def special(self, name: str, loss: bool = False, weight: float = 1.0) -> "Builder":
+        self._add(self.v.special(name), loss, weight=weight)
         return self
 
-    def text(self, ids: list[int], loss: bool = False) -> "Builder":
+    def text(self, ids: list[int], loss: bool = False, weight: float = 1.0) -> "Builder":
         for i in ids:
-            self._add(int(i), loss)
+            self._add(int(i), loss, weight=weight)
         return self
 
     def image(self, codes, loss: bool = False) -> "Builder":
@@ -138,11 +140,13 @@ class Batch:
     valid: torch.Tensor         # (B, T) bool: not padding
     tasks: list[str]
     extra: dict = field(default_factory=dict)   # a paradigm's own inputs (Paradigm.extras_for)
+    weight: torch.Tensor | None = None          # (B, T) float loss weight per token
 
     def to(self, device) -> "Batch":
         return Batch(self.tokens.to(device), self.pos.to(device), self.loss.to(device),
                      self.span.to(device), self.valid.to(device), self.tasks,
-                     {k: v.to(device) for k, v in self.extra.items()})
+                     {k: v.to(device) for k, v in self.extra.items()},
+                     None if self.weight is None else self.weight.to(device))
 
 
 def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,
@@ -155,6 +159,7 @@ def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,
     loss = torch.zeros((B, T), dtype=torch.bool)
     span = torch.zeros((B, T), dtype=torch.long)
     valid = torch.zeros((B, T), dtype=torch.bool)
+    weight = torch.ones((B, T))
     for b, s in enumerate(seqs):
         n = len(s)
         sl = slice(T - n, T) if left else slice(0, n)
@@ -163,4 +168,6 @@ def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,
         loss[b, sl] = torch.tensor(s.loss)
         span[b, sl] = torch.tensor(s.span)
         valid[b, sl] = True
-    return Batch(tokens, pos, loss, span, valid, tasks or [""] * B)
+        if s.weight:
+            weight[b, sl] = torch.tensor(s.weight)
+    return Batch(tokens, pos, loss, span, valid, tasks or [""] * B, weight=weight)

@@ -76,13 +76,26 @@ class Encoder:
         img_codes, tgt_codes = iter(self.codes(imgs)), iter(self.codes(tgts))
         out = []
         for e in examples:
+            answer, start = self.answer_ids(e)
             out.append(Turn(
                 e.task, self.ids(e.text),
                 next(img_codes) if e.image is not None else None,
-                self.ids(e.target_text) if e.target_text is not None else None,
-                next(tgt_codes) if e.target_image is not None else None,
-                e.image))
+                answer, next(tgt_codes) if e.target_image is not None else None,
+                e.image, start))
         return out
+
+    def answer_ids(self, e: Example) -> tuple[list[int] | None, int | None]:
+        """Target text ids, and where the final answer starts when the target reasons first
+        (it then ends with e.meta['answer'] after a description)."""
+        if e.target_text is None:
+            return None, None
+        final = e.meta.get("answer")
+        if not final or e.target_text == final or not e.target_text.endswith(final):
+            return self.ids(e.target_text), None
+        cut = len(e.target_text) - len(final)
+        cut -= e.target_text[cut - 1:cut].isspace()      # keep the space with the answer,
+        head = self.ids(e.target_text[:cut])             # as the BPE does (" one" is one token)
+        return head + self.ids(e.target_text[cut:]), len(head)
 
 
 class TaskStream:
