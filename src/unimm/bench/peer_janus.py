@@ -204,3 +204,46 @@ def _main(path: str) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1])
+
+
+def peer_job(spec: dict) -> dict:
+    """`unimm bench peers` job (bench/peers.py PEERS["janus"]): measure() in the row format of
+    the peers table; a ratio only counts (met) when the outputs were identical."""
+    quick = bool(spec.get("quick"))
+    r = measure({"quick": quick, "repeats": spec.get("repeats", 5), "threads": spec.get("threads", 1),
+                 "rounds": spec.get("rounds", 2)})
+    s = r["settings"]
+    rows = []
+    for name, job in r["jobs"].items():
+        kind, batch = name.split("_b")
+        t, u = job["ours"], job["theirs"]
+        same = job["identical_output"]
+        if kind == "generate":
+            what = (f"image generation s/image, batch {batch}, guidance {s['guidance']:g}, greedy "
+                    f"({'identical' if same else 'DIFFERENT'} codes)")
+            ours, theirs, unit, bar = t["s_per_image"], u["s_per_image"], "s/image", 3.0
+        else:
+            what = (f"answering tokens/s, batch {batch}, greedy, up to {s['max_new']} tokens "
+                    f"({'identical' if same else 'DIFFERENT'} answers)")
+            ours, theirs, unit, bar = t["tokens_per_s"], u["tokens_per_s"], "tokens/s", 2.0
+        rows.append({"what": what, "ours": ours, "theirs": theirs, "unit": unit,
+                     "ours_spread": t, "theirs_spread": u, "ratio": job["speedup"],
+                     "ratio_cpu_time": job["speedup_cpu"], "bar": bar,
+                     "met": bool(same and job["speedup"] >= bar)})
+    sh = r["shape"]
+    return {
+        "peer": "transformers JanusForConditionalGeneration",
+        "version": __import__("transformers").__version__,
+        "rows": rows, "detail": r,
+        "setup": (f"one Janus-compatible model ({s['config']}{', tiny' if quick else ''}: D {sh['dim']}, "
+                  f"L {sh['n_layers']}, H {sh['n_heads']}, {sh['n_codes']} codes, {sh['n_image']} "
+                  f"per image, {sh['params']:,} parameters, seeded random weights) converted with "
+                  f"unimm.interop.janus; ours: Autoregressive.generate_images / generate_text; "
+                  f"theirs: JanusForConditionalGeneration.generate (image mode: its batched CFG "
+                  f"rows, static cache; text mode from our input embeddings); fp32; "
+                  f"{s['rounds']} processes per side, alternating"),
+        "differences": ("none in the work: same weights, prompts, guidance rows and greedy "
+                        "outputs (checked); Janus reads understanding images through SigLIP, our AR "
+                        "run reads them as codes, so answering is compared on the code path "
+                        "(Janus's language model and lm_head over our input embeddings)"),
+    }

@@ -20,6 +20,9 @@ data_app = typer.Typer(no_args_is_help=True, help="Built-in datasets and your ow
 app.add_typer(data_app, name="data")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: print numbers and write them to results/.")
 app.add_typer(bench_app, name="bench")
+convert_app = typer.Typer(no_args_is_help=True,
+                          help="Convert runs to and from other libraries' formats.")
+app.add_typer(convert_app, name="convert")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -208,6 +211,40 @@ def train_encoder_cmd(
 
 
 # ----------------------------------------------------------------------------------------------
+# conversion
+
+def _janus():
+    try:
+        from ..interop import janus
+        import transformers  # noqa: F401
+    except ImportError:
+        raise FileNotFoundError("converting to transformers' Janus needs transformers: "
+                                "pip install 'unimm[peers]'") from None
+    return janus
+
+
+@convert_app.command("to-janus")
+def to_janus_cmd(
+    out: Path = typer.Argument(..., help="New folder for the transformers Janus checkpoint."),
+    run: Optional[Path] = typer.Option(None, help="A Janus-compatible run (configs/janus_compat.toml)."),
+):
+    """Write a run as transformers' JanusForConditionalGeneration (save_pretrained folder)."""
+    path = _janus().to_janus(run, out)
+    typer.echo(f"wrote {path} (load with JanusForConditionalGeneration.from_pretrained)")
+
+
+@convert_app.command("from-janus")
+def from_janus_cmd(
+    janus_dir: Path = typer.Argument(..., help="A folder written by `unimm convert to-janus`."),
+    out: Path = typer.Argument(..., help="New run folder."),
+):
+    """Turn a transformers Janus folder (with our config and tokenizers under unimm/) back
+    into a run."""
+    path = _janus().from_janus(janus_dir, out)
+    typer.echo(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------------------------
 # inference
 
 @app.command("caption")
@@ -372,6 +409,33 @@ def bench_speed_cmd(
     r = bench_speed(config, names, size_list, out, repeats, device, threads, quick, tokenizer)
     typer.echo(markdown(r))
     typer.echo(f"wrote {out}/speed.md, .json, .png")
+
+
+@bench_app.command("peers")
+def bench_peers_cmd(
+    only: str = typer.Option("", help="Comma-separated peer jobs (default: every one): "
+                             "xtransformers (training tokens/s), transfusion (flow s/image), "
+                             "janus (generation and answering vs transformers' Janus)."),
+    repeats: int = typer.Option(5, min=1, help="Timed repeats after warm-up (--quick: 1)."),
+    rounds: int = typer.Option(2, min=1, help="Training: processes per implementation, ABBA "
+                               "order, repeats pooled (--quick: 1)."),
+    threads: int = typer.Option(1, min=1, help="torch threads in every measuring process."),
+    quick: bool = typer.Option(False, help="Smoke run: tiny shapes, 1 repeat."),
+    out: Path = typer.Option(Path("results/peers"), "-o", "--out"),
+):
+    """Our speed next to peer libraries on identical work, each in its own process:
+    ratios against the issue's bars; peers.json + peers.md."""
+    from ..bench.peers import PEERS, bench_peers, check_names, markdown
+    names = [n.strip() for n in only.split(",") if n.strip()] or list(PEERS)
+    check_names(names)
+    r = bench_peers(names, out, quick, repeats, threads, rounds)
+    typer.echo(markdown(r))
+    typer.echo(f"wrote {out}/peers.md, .json")
+    failed = [n for n, job in r["peers"].items() if "error" in job]
+    if failed:
+        typer.echo(f"unimm: peer job(s) failed: {', '.join(failed)} (errors in peers.json)",
+                   err=True)
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------------------------

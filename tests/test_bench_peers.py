@@ -1,0 +1,63 @@
+"""`unimm bench peers`: a quick smoke run against both peers, the weight mapping that makes
+x-transformers our exact shape, and option errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unimm.bench.peers import TRAIN_SHAPES, markdown, xt_parity
+from unimm.model.backbone import BackboneConfig
+
+
+def _peers(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "unimm", "bench", "peers", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_peers_quick_smoke(tmp_path):
+    r = _peers("--only", "xtransformers,transfusion,janus", "--quick", "-o", str(tmp_path / "p"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "p" / "peers.json").read_text())
+    assert list(res["peers"]) == ["xtransformers", "transfusion", "janus"]
+    assert res["conditions"]["loadavg_1_5_15"] and res["threads"] == 1
+    for name, job in res["peers"].items():
+        assert "error" not in job, job
+        assert job["rows"], name
+        for row in job["rows"]:
+            assert row["ours"] > 0 and row["theirs"] > 0 and row["ratio"] > 0
+            assert row["ratio_cpu_time"] > 0
+            assert row["met"] == (row["ratio"] >= row["bar"])
+    xt = res["peers"]["xtransformers"]
+    assert [row["bar"] for row in xt["rows"]] == [1.0]
+    run = xt["runs"][0]
+    assert run["ours"]["tokens_per_step"] == run["x-transformers"]["tokens_per_step"]
+    assert run["ours"]["losses"][0] == pytest.approx(run["x-transformers"]["losses"][0], rel=0.05)
+    # same shape: the only extra parameters are the GLU biases x-transformers cannot drop
+    shape = TRAIN_SHAPES["quick"]
+    hidden = BackboneConfig(dim=shape["dim"], n_heads=shape["n_heads"]).mlp_hidden
+    assert run["param_difference"] == 2 * hidden * shape["n_layers"]
+    tf = res["peers"]["transfusion"]
+    assert tf["equal_evaluations"] and [row["bar"] for row in tf["rows"]] == [2.0, 2.0]
+    for key, o in tf["ours"]["runs"].items():
+        theirs = tf["theirs"]["runs"][key]
+        assert o["velocity_evaluations"] == theirs["velocity_evaluations"] == 2   # quick: 2 steps
+        assert o["transformer_forwards"] == 3             # prefix once + 1 per evaluation
+        assert theirs["transformer_forwards"] > o["transformer_forwards"]   # CFG unbatched
+    jn = res["peers"]["janus"]                           # same weights, identical greedy output
+    assert jn["detail"]["identical_outputs"] and [row["bar"] for row in jn["rows"]] == [3, 3, 2, 2]
+    md = (tmp_path / "p" / "peers.md").read_text()
+    assert md == markdown(res) and "| x-transformers" in md and "| transfusion-pytorch" in md
+    assert "| transformers JanusForConditionalGeneration" in md
+
+
+def test_xtransformers_carries_our_weights_exactly():
+    assert xt_parity(TRAIN_SHAPES["quick"]) < 1e-4
+
+
+def test_bench_peers_rejects_unknown_names(tmp_path):
+    r = _peers("--only", "xtransformers,nope", "--quick", "-o", str(tmp_path / "x"), timeout=120)
+    assert r.returncode == 2 and "nope" in r.stderr and "available: xtransformers" in r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
