@@ -1,6 +1,6 @@
 """The model that ships with the package: it loads offline and actually sees and draws.
 
-These are quality floors well below the model card's numbers (VQA 0.67, text-to-image 0.57 on
+These are quality floors well below the model card's numbers (VQA 0.72, text-to-image 0.60 on
 the test split), so they catch a broken or mismatched shipped model, not noise. A random or
 mis-loaded model scores ~0 on drawing and far lower on answering."""
 
