@@ -139,12 +139,12 @@ class Backbone(nn.Module):
         self._check_inputs(x, pos, cache, start)
         s = start + t
         attn_mask, is_causal = self._attn_mask(mask, b, t, s, x.device)
-        rope = self.rotary(pos)  # cos, sin: (b, 1, t, p), shared by all layers
+        rope = self.rotary.forward(pos)  # cos, sin: (b, 1, t, p), shared by all layers
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, attn_mask, is_causal, cache, layer, start)
+            x = block.forward(x, rope, attn_mask, is_causal, cache, layer, start)
         if cache is not None:
             cache.length = s
-        return self.norm(x)
+        return self.norm.forward(x)
 
     def _check_inputs(self, x: Tensor, pos: Tensor, cache: KVCache | None, start: int) -> None:
         if x.dim() != 3 or x.shape[-1] != self.cfg.dim:

@@ -10,6 +10,11 @@ Notable choices:
   while the matmuls run in bf16.
 - Optional QK-norm (RMSNorm over each head's queries and keys before rotary; OLMo 2, Qwen3)
   for stability at high learning rates.
+- Inside a block, submodules are run through `.forward` and linears through `F.linear` on
+  their weights (no `nn.Module.__call__` per piece, no dropout call when dropout is 0): the
+  same operations, but a one-token decoding step at the default size spends a large share of
+  its time in per-call overhead on a CPU (measured: `unimm bench speed`, README). Hooks on
+  these submodules would therefore not fire; the block and the backbone are the hook points.
 
 Letters: b batch, t query tokens, s key tokens, d model dim, h query heads, g kv heads,
 e head dim, f MLP hidden.
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from unimm.model.backbone import BackboneConfig
 
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+_HAS_RMS_NORM = hasattr(F, "rms_norm")          # torch >= 2.4
 
 
 class RMSNorm(nn.Module):
@@ -42,6 +48,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:   # no casts to pay
+            if _HAS_RMS_NORM:   # one fused op; same formula (float32 in, float32 out)
+                return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -80,10 +88,10 @@ class Attention(nn.Module):
                 is_causal: bool, cache: KVCache | None, layer: int, start: int) -> Tensor:
         b, t, _ = x.shape
         h, g, e = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv(x).view(b, t, h + 2 * g, e).transpose(1, 2)   # (b, h + 2g, t, e)
+        qkv = F.linear(x, self.qkv.weight).view(b, t, h + 2 * g, e).transpose(1, 2)  # (b, h+2g, t, e)
         q, k, v = qkv.split([h, g, g], dim=1)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.q_norm.forward(q), self.k_norm.forward(k)
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         else:   # one rotation for queries and keys together (fewer small ops when decoding)
             q, k = apply_rotary(qkv[:, :h + g], *rope).split([h, g], dim=1)
@@ -91,7 +99,7 @@ class Attention(nn.Module):
             k, v = cache.update(layer, start, k, v)  # (b, g, s, e), s = start + t
         p = self.dropout if self.training else 0.0
         y = attention(q, k, v, mask, is_causal, p)  # (b, h, t, e)
-        return self.proj(y.transpose(1, 2).reshape(b, t, h * e))
+        return F.linear(y.transpose(1, 2).reshape(b, t, h * e), self.proj.weight)
 
 
 class SwiGLU(nn.Module):
@@ -104,8 +112,8 @@ class SwiGLU(nn.Module):
         self.down.is_residual_proj = True
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (b, t, f) each
-        return self.down(F.silu(gate) * up)
+        gate, up = F.linear(x, self.gate_up.weight).chunk(2, dim=-1)  # (b, t, f) each
+        return F.linear(F.silu(gate) * up, self.down.weight)
 
 
 class Block(nn.Module):
@@ -121,5 +129,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
                 is_causal: bool, cache: KVCache | None, layer: int, start: int) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, is_causal, cache, layer, start))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+        a = self.attn.forward(self.attn_norm.forward(x), rope, mask, is_causal, cache, layer, start)
+        x = x + (self.drop(a) if self.drop.p else a)
+        m = self.mlp.forward(self.mlp_norm.forward(x))
+        return x + (self.drop(m) if self.drop.p else m)
