@@ -14,7 +14,8 @@ Notable choices:
   their weights (no `nn.Module.__call__` per piece, no dropout call when dropout is 0): the
   same operations, but a one-token decoding step at the default size spends a large share of
   its time in per-call overhead on a CPU (measured: `unimm bench speed`, README). Hooks on
-  these submodules would therefore not fire; the block and the backbone are the hook points.
+  these submodules (and on the blocks, which the backbone calls the same way) would therefore
+  not fire; the backbone is the hook point (benches count its calls).
 
 Letters: b batch, t query tokens, s key tokens, d model dim, h query heads, g kv heads,
 e head dim, f MLP hidden.

@@ -103,8 +103,8 @@ class TokenModel(nn.Module):
     def hidden(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None,
                cache=None, start: int = 0) -> Tensor:
         """(B, T) tokens -> (B, T, D) final hidden states (after the final norm)."""
-        return self.backbone.forward(self.embed_tokens(tokens, pos), pos, mask, cache=cache,
-                                     start=start)
+        # a module call on purpose: the backbone is the hook point benches count forwards with
+        return self.backbone(self.embed_tokens(tokens, pos), pos, mask, cache=cache, start=start)
 
     def embed_tokens(self, tokens: Tensor, pos: Tensor) -> Tensor:
         """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings."""
