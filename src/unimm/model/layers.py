@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from unimm.model.backbone import BackboneConfig
 
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
-_HAS_RMS_NORM = hasattr(F, "rms_norm")          # torch >= 2.4
 
 
 class RMSNorm(nn.Module):
@@ -48,10 +47,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:   # no casts to pay
-            if _HAS_RMS_NORM:   # one fused op; same formula (float32 in, float32 out)
-                return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:   # no casts to pay:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one op, same formula
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * self.weight.float()).type_as(x)

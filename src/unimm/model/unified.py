@@ -108,17 +108,16 @@ class TokenModel(nn.Module):
 
     def embed_tokens(self, tokens: Tensor, pos: Tensor) -> Tensor:
         """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings."""
+        is_code = tokens >= self.code_start                                  # (B, T)
         if self.codes is None:
             x = self.embed(tokens)
         else:
-            is_code = tokens >= self.code_start                              # (B, T)
             x = self.embed(tokens.clamp(max=self.code_start - 1))
             if bool(is_code.any()):
                 x = x.index_put((is_code,), self.codes.embed_codes(
                     tokens[is_code] - self.code_start).to(x.dtype))
         if self.image_pos is not None:
-            is_code = (tokens >= self.code_start)[..., None]                 # (B, T, 1)
-            x = x + self.cell_embedding(pos) * is_code
+            x = x + self.cell_embedding(pos) * is_code[..., None]
         return x
 
     def cell_embedding(self, pos: Tensor) -> Tensor:
