@@ -309,7 +309,7 @@ def flow_child_ours(spec: dict) -> dict:
     from ..train.data import Encoder, make_source
     parts = _flow_parts(spec)
     p, model, cfg = parts.paradigm, parts.model.eval(), parts.cfg
-    src = make_source(cfg.data.dataset, "val", cfg.data.world)
+    src = make_source(cfg.data, "val")
     n = max(spec["batches"])
     turns = Encoder(parts.text_tok, parts.image_tok).turns([src.example(i, "t2i")
                                                             for i in range(n)])

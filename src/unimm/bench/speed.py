@@ -469,7 +469,7 @@ def measure(spec: dict) -> dict:
     tr = Trainer(cfg, run_dir, progress=False)
     parts, model, dev = tr.parts, tr.model, tr.device
     repeats, warmup = spec["repeats"], 1
-    src = make_source(cfg.data.dataset, "val", cfg.data.world)
+    src = make_source(cfg.data, "val")
     enc = Encoder(parts.text_tok, parts.image_tok)
     t2i = enc.turns([src.example(i, "t2i") for i in range(max(BATCHES))])
     vqa = enc.turns([src.example(0, "vqa")])[0]
@@ -516,7 +516,7 @@ def _prepare_tokenizers(cfg, work: Path, tokenizer: Path | None) -> None:
                                  image_size=cfg.data.world.image_size)
         torch.manual_seed(0)
         build_image_tokenizer(tc).eval().save(img_dir)
-    src = make_source(cfg.data.dataset, "train", cfg.data.world)
+    src = make_source(cfg.data, "train")
     TextTokenizer.train(text_corpus(src, cfg.data.text_corpus),
                         cfg.data.text_vocab_size).save(work / "tokenizer" / "text")
 

@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 
-from ..data.splits import CAPTION_PROMPT, Example, ShapesWorld, WorldConfig
+from ..data.splits import CAPTION_PROMPT, Example, ShapesWorld
 from ..paradigms.base import Paradigm, Turn
 from ..paradigms.sequence import Batch
 
@@ -46,12 +46,13 @@ class DigitsSource:
         raise ValueError(f"digits have no {task!r} task; known: {', '.join(self.tasks)}")
 
 
-def make_source(dataset: str, split: str, world: WorldConfig, reasoning: bool = False):
-    if dataset == "shapes":
-        return ShapesWorld(split, world, reasoning=reasoning)
-    if dataset == "digits":
-        return DigitsSource(split, world.image_size)
-    raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")
+def make_source(data, split: str):
+    """The task source a run's data config (train.config.DataConfig) describes."""
+    if data.dataset == "shapes":
+        return ShapesWorld(split, data.world, reasoning=data.vqa_reasoning != "none")
+    if data.dataset == "digits":
+        return DigitsSource(split, data.world.image_size)
+    raise ValueError(f"unknown dataset {data.dataset!r}; known: shapes, digits")
 
 
 class Encoder:

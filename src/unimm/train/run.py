@@ -83,8 +83,7 @@ def prepare_tokenizers(cfg: RunConfig, run_dir: Path) -> tuple[TextTokenizer, Im
         else:
             _train_image_tokenizer(cfg, img_dir)
     if not (txt_dir / "text_tokenizer.json").is_file():
-        src = make_source(cfg.data.dataset, "train", cfg.data.world,
-                          cfg.data.vqa_reasoning != "none")
+        src = make_source(cfg.data, "train")
         tok = TextTokenizer.train(text_corpus(src, cfg.data.text_corpus), cfg.data.text_vocab_size)
         tok.save(txt_dir)
     return TextTokenizer.load(txt_dir), load_image_tokenizer(img_dir)

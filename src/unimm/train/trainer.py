@@ -61,9 +61,7 @@ class Trainer:
         self.model = self.parts.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval() if tc.ema > 0 else None
         self.opt = _optimizer(self.model, tc)
-        source = make_source(cfg.data.dataset, "train", cfg.data.world,
-                             cfg.data.vqa_reasoning != "none")
-        self.stream = TaskStream(source,
+        self.stream = TaskStream(make_source(cfg.data, "train"),
                                  Encoder(text_tok, image_tok), self.parts.paradigm,
                                  cfg.data.weights(), tc.batch_size, tc.seed)
         self.step, self.max_steps, self.elapsed = 0, tc.max_steps, 0.0
