@@ -1,28 +1,27 @@
 """Ours against transformers' `JanusForConditionalGeneration` on identical work and weights.
 
-`measure(spec)` builds (or loads) one Janus-compatible model, writes its weights once, and runs
-two child processes, ours and transformers', that each load those weights (transformers' through
-unimm.interop.janus), then time the same jobs with the same protocol (warm-up, `repeats` timed
-runs, median and spread, one torch thread unless told otherwise):
+`measure(spec)` builds one Janus-compatible model with seeded random weights (the default
+model's shape laid out as configs/janus_compat.toml), writes its weights once, and runs our side
+and transformers' side in their own processes (bench.peers.in_child), alternating for `rounds`
+rounds; each loads those weights (transformers' through unimm.interop.janus) and times the same
+jobs with the same protocol (warm-up, `repeats` timed runs, median and spread, one torch thread
+unless told otherwise):
 
-- image generation, guidance on, greedy: 1 prompt and 16 prompts (left-padded, mixed lengths);
-- answering, greedy: 1 question and 16 questions, up to `max_new` tokens.
+- image generation, guidance on, greedy: 1 prompt and `batch` prompts (left-padded, mixed
+  lengths);
+- answering, greedy: 1 question and `batch` questions, up to `max_new` tokens.
 
 The children also return their outputs, so the parent checks that the greedy image codes and
 answers are identical before it reports any ratio (a ratio of different work means nothing).
 
-Spec keys: run (a Janus-compatible run folder, or "" for the default-model shape from
-configs/janus_compat.toml with seeded random weights), config, repeats, warmup, threads,
-guidance, max_new, quick (a tiny shape and fewer prompts, for the CI smoke test), out_dir.
+Spec keys (all optional): config, quick (a tiny shape and fewer prompts, for the CI smoke test),
+repeats, warmup, threads, guidance, max_new, batch, rounds. `peer_job` is the `unimm bench
+peers` entry point.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
 import tempfile
 import types
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .common import conditions, timeit
+from .peers import in_child, pooled, ratio_row
 
 QUICK_SET = ["model.dim=32", "model.n_layers=1", "model.n_heads=4", "model.rope_sections=[4,0,0]"]
 
@@ -49,7 +49,8 @@ def _random_parts(config: str, quick: bool, seed: int = 0):
     v = Vocab(cfg.data.text_vocab_size, tok.codebook_size, grid)
     torch.manual_seed(seed)
     model = TokenModel(v.size, cfg.model, code_start=v.code_start, code_mlp=cfg.code_mlp).eval()
-    return types.SimpleNamespace(cfg=cfg, vocab=v, model=model, paradigm=build_paradigm("ar", v, cfg),
+    return types.SimpleNamespace(cfg=cfg, vocab=v, model=model,
+                                 paradigm=build_paradigm("ar", v, cfg),
                                  image_tok=types.SimpleNamespace(image_size=size))
 
 
@@ -65,8 +66,8 @@ def _work(v, n: int, seed: int = 0):
 
 
 def _child(spec: dict) -> dict:
-    """One side (spec['side'] = 'ours' | 'janus'): load the weights, time the jobs."""
-    torch.set_num_threads(spec["threads"])
+    """One side (spec['side'] = 'ours' | 'janus'): load the weights, time the jobs. Run in its
+    own process by bench.peers.in_child (which sets the thread count)."""
     from safetensors.torch import load_file
 
     from ..paradigms.sampling import GREEDY
@@ -95,7 +96,8 @@ def _child(spec: dict) -> dict:
 
         def answer(qs):
             return janus_answer(janus, v, qs, spec["max_new"])
-    out = {"side": spec["side"], "conditions": conditions(), "jobs": {}, "outputs": {}}
+    out = {"side": spec["side"], "conditions": conditions(), "jobs": {}, "outputs": {},
+           "work": {}}
     jobs = {"generate_b1": (draw, prompts[:1]), f"generate_b{n}": (draw, prompts),
             "answer_b1": (answer, questions[:1]), f"answer_b{n}": (answer, questions)}
     with torch.inference_mode():
@@ -104,43 +106,13 @@ def _child(spec: dict) -> dict:
             t = timeit(lambda: fn(arg), repeats=spec["repeats"], warmup=spec["warmup"])
             if name.startswith("generate"):
                 out["outputs"][name] = res.tolist()
-                t["images"] = len(arg)
-                t["s_per_image"] = t["median_s"] / len(arg)
+                out["work"][name] = len(arg)                         # images
             else:
                 out["outputs"][name] = res
-                toks = sum(len(a) + 1 for a in res)         # + the <eos> (or last step)
-                t["tokens"] = toks
-                t["tokens_per_s"] = toks / t["median_s"]
+                out["work"][name] = sum(len(a) + 1 for a in res)    # tokens, + <eos> / last step
             out["jobs"][name] = t
             print(f"  {spec['side']:5s} {name:13s} {t['median_s'] * 1e3:9.1f} ms "
                   f"(min {t['min_s'] * 1e3:.1f}, max {t['max_s'] * 1e3:.1f})", flush=True)
-    return out
-
-
-def _spawn(spec: dict, work: Path) -> dict:
-    path = work / f"janus-{spec['side']}.json"
-    path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "unimm.bench.peer_janus", str(path)], env=env)
-    if r.returncode:
-        raise RuntimeError(f"the {spec['side']} side failed with exit code {r.returncode} "
-                           f"(its error is printed above)")
-    return json.loads(path.with_suffix(".out.json").read_text())
-
-
-def _merge(runs: list[dict]) -> dict:
-    """Timings of one job from several rounds (processes) -> one summary over all samples."""
-    import statistics
-    ts = [t for r in runs for t in r["times_s"]]
-    out = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-           "samples": len(ts), "cpu_median_s": statistics.median(r["cpu_median_s"] for r in runs)}
-    for k in ("s_per_image", "tokens", "images"):
-        if k in runs[0]:
-            out[k] = runs[0][k]
-    if "tokens" in out:
-        out["tokens_per_s"] = out["tokens"] / out["median_s"]
-    if "images" in out:
-        out["s_per_image"] = out["median_s"] / out["images"]
     return out
 
 
@@ -164,19 +136,17 @@ def measure(spec: dict) -> dict:
                   work / "weights.safetensors")
         base["weights"] = str(work / "weights.safetensors")
         runs = {"ours": [], "janus": []}
-        for _ in range(rounds):
+        for r in range(rounds):
             for side in ("ours", "janus"):
-                runs[side].append(_spawn({**base, "side": side}, work))
-    ours, theirs = runs["ours"][0], runs["janus"][0]
+                runs[side].append(in_child("unimm.bench.peer_janus:_child", {**base, "side": side},
+                                           work, f"janus job, {side}, round {r + 1}"))
+    ours = runs["ours"][0]
     same = {k: all(r["outputs"][k] == ours["outputs"][k] for r in runs["ours"] + runs["janus"])
             for k in ours["outputs"]}
-    rows = {}
-    for k in ours["jobs"]:
-        t = _merge([r["jobs"][k] for r in runs["ours"]])
-        u = _merge([r["jobs"][k] for r in runs["janus"]])
-        rows[k] = {"ours": t, "theirs": u, "speedup": u["median_s"] / t["median_s"],
-                   "speedup_cpu": u["cpu_median_s"] / t["cpu_median_s"],
-                   "identical_output": same[k]}
+    jobs = {k: {"ours": pooled([r["jobs"] for r in runs["ours"]], k),
+                "theirs": pooled([r["jobs"] for r in runs["janus"]], k),
+                "work": ours["work"][k], "identical_output": same[k]}
+            for k in ours["jobs"]}
     m = parts.cfg.model
     return {
         "peer": "transformers JanusForConditionalGeneration "
@@ -189,47 +159,35 @@ def measure(spec: dict) -> dict:
                      "rounds": rounds},
         "weights": "seeded random initialisation (identical in both processes)",
         "identical_outputs": all(same.values()),
-        "jobs": rows,
+        "jobs": jobs,
         "conditions": {"ours": [r["conditions"] for r in runs["ours"]],
                        "theirs": [r["conditions"] for r in runs["janus"]]},
         "bars": {"generate_speedup": 3.0, "answer_speedup": 2.0},
     }
 
 
-def _main(path: str) -> None:
-    spec = json.loads(Path(path).read_text())
-    out = _child(spec)
-    Path(path).with_suffix(".out.json").write_text(json.dumps(out))
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1])
-
-
 def peer_job(spec: dict) -> dict:
     """`unimm bench peers` job (bench/peers.py PEERS["janus"]): measure() in the row format of
     the peers table; a ratio only counts (met) when the outputs were identical."""
     quick = bool(spec.get("quick"))
-    r = measure({"quick": quick, "repeats": spec.get("repeats", 5), "threads": spec.get("threads", 1),
+    r = measure({"quick": quick, "repeats": spec.get("repeats", 5),
+                 "threads": spec.get("threads", 1),
                  "rounds": spec.get("rounds", 2)})
     s = r["settings"]
     rows = []
     for name, job in r["jobs"].items():
         kind, batch = name.split("_b")
-        t, u = job["ours"], job["theirs"]
-        same = job["identical_output"]
+        same = "identical" if job["identical_output"] else "DIFFERENT"
         if kind == "generate":
             what = (f"image generation s/image, batch {batch}, guidance {s['guidance']:g}, greedy "
-                    f"({'identical' if same else 'DIFFERENT'} codes)")
-            ours, theirs, unit, bar = t["s_per_image"], u["s_per_image"], "s/image", 3.0
+                    f"({same} codes)")
+            row = ratio_row(what, job["ours"], job["theirs"], "s/image", 3.0, job["work"])
         else:
             what = (f"answering tokens/s, batch {batch}, greedy, up to {s['max_new']} tokens "
-                    f"({'identical' if same else 'DIFFERENT'} answers)")
-            ours, theirs, unit, bar = t["tokens_per_s"], u["tokens_per_s"], "tokens/s", 2.0
-        rows.append({"what": what, "ours": ours, "theirs": theirs, "unit": unit,
-                     "ours_spread": t, "theirs_spread": u, "ratio": job["speedup"],
-                     "ratio_cpu_time": job["speedup_cpu"], "bar": bar,
-                     "met": bool(same and job["speedup"] >= bar)})
+                    f"({same} answers)")
+            row = ratio_row(what, job["ours"], job["theirs"], "tokens/s", 2.0, job["work"])
+        row["met"] = row["met"] and job["identical_output"]    # a ratio of different work: no
+        rows.append(row)
     sh = r["shape"]
     return {
         "peer": "transformers JanusForConditionalGeneration",

@@ -120,7 +120,7 @@ def pooled(rounds: list[dict], key: str) -> dict:
             "cpu_median_s": statistics.median(r[key]["cpu_median_s"] for r in rounds)}
 
 
-def _row(what: str, ours: dict, theirs: dict, unit: str, bar: float, work: float) -> dict:
+def ratio_row(what: str, ours: dict, theirs: dict, unit: str, bar: float, work: float) -> dict:
     """One comparison from two `timeit` results of `work` units (tokens, images) each."""
     sp = {"tokens/s": lambda t: work / t, "s/image": lambda t: t / work}[unit]
     ratio = theirs["median_s"] / ours["median_s"]               # times faster, either unit
@@ -261,10 +261,10 @@ def xtransformers_training(spec: dict) -> dict:
             v["tokens_per_s"] = v["tokens_per_step"] / v["step"]["median_s"]
         runs.append({"size": size, "precision": precision, "shape": shape, "ours": o,
                      "x-transformers": x, "param_difference": x["params"] - o["params"]})
-        rows.append(_row(f"training tokens/s, {size} (D {shape['dim']}, L {shape['n_layers']}, "
-                         f"H {shape['n_heads']}, B {shape['batch']} x T {shape['seq']}), "
-                         f"{precision}", o["step"], x["step"], "tokens/s", 1.0,
-                         o["tokens_per_step"]))
+        rows.append(ratio_row(f"training tokens/s, {size} (D {shape['dim']}, "
+                              f"L {shape['n_layers']}, H {shape['n_heads']}, B {shape['batch']} "
+                              f"x T {shape['seq']}), {precision}", o["step"], x["step"],
+                              "tokens/s", 1.0, o["tokens_per_step"]))
         print(f"  ours {o['tokens_per_s']:.0f} tok/s, x-transformers {x['tokens_per_s']:.0f} "
               f"tok/s: {rows[-1]['ratio']:.2f}x ({rows[-1]['ratio_cpu_time']:.2f}x in CPU time)",
               flush=True)
@@ -428,9 +428,10 @@ def transfusion_flow(spec: dict) -> dict:
     rows = []
     for key, o in ours["runs"].items():
         x = theirs["runs"][key]
-        rows.append(_row(f"flow sampling s/image, batch {o['batch']}, CFG {common['guidance']}, "
-                         f"{o['velocity_evaluations']} vs {x['velocity_evaluations']} velocity "
-                         f"evaluations", o, x, "s/image", 2.0, o["batch"]))
+        rows.append(ratio_row(f"flow sampling s/image, batch {o['batch']}, CFG "
+                              f"{common['guidance']}, {o['velocity_evaluations']} vs "
+                              f"{x['velocity_evaluations']} velocity evaluations", o, x,
+                              "s/image", 2.0, o["batch"]))
         print(f"  ours {o['s_per_image']:.4f} s/image, transfusion {x['s_per_image']:.4f}: "
               f"{rows[-1]['ratio']:.2f}x ({rows[-1]['ratio_cpu_time']:.2f}x in CPU time)",
               flush=True)
