@@ -29,6 +29,12 @@ def conditions() -> dict:
     }
 
 
+def describe(start: dict, end: dict) -> str:
+    """One line for a results file: machine, cores, load at start and end, torch, date."""
+    return (f"{start['machine']}, {start['cpu_count']} cores, load {start['loadavg_1_5_15']} at "
+            f"start, {end['loadavg_1_5_15']} at end, torch {start['torch']}, {start['date']}")
+
+
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
     """Run fn() warmup + repeats times; return median/min/max wall seconds of the timed runs,
     the raw times, and the median CPU seconds of this process (less sensitive than wall time

@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import conditions, timeit
+from .common import conditions, describe, timeit
 
 # name -> "module:function"; the function takes the job spec (quick, repeats, threads, work)
 PEERS: dict[str, str] = {
@@ -515,9 +515,7 @@ def markdown(result: dict) -> str:
     out = [f"# unimm bench peers\n\nEach implementation in its own process, {result['threads']} "
            f"torch thread(s), warm-up then {result['repeats']} timed repeat(s) per process "
            f"(training: {result['rounds']} processes per implementation in ABBA order, repeats "
-           f"pooled): median [min-max]. {c['machine']}, {c['cpu_count']} cores, load "
-           f"{c['loadavg_1_5_15']} at start, {e['loadavg_1_5_15']} at end, torch {c['torch']}, "
-           f"{c['date']}. Ratio = how many times faster ours is, in median wall time (the bar) "
+           f"pooled): median [min-max]. {describe(c, e)}. Ratio = how many times faster ours is, in median wall time (the bar) "
            f"and in median process CPU time (less sensitive to other load on the machine)."
            f"\n\n",
            "| peer | what is compared | ours | theirs | ratio | ratio in CPU time | bar | met? |\n"

@@ -68,7 +68,7 @@ from pathlib import Path
 
 import torch
 
-from .common import conditions, timeit
+from .common import conditions, describe, timeit
 
 SIZES: dict[str, dict | None] = {   # name -> backbone shape over the config's (None = as is)
     "default": None,
@@ -614,9 +614,8 @@ def markdown(result: dict) -> str:
     c, m = result["conditions"], result["machine"]
     out = [f"# unimm bench speed\n\nConfig `{result['config']}`, device {result['device']}, "
            f"{result['threads']} torch thread(s), {result['repeats']} timed repeat(s) after "
-           f"warm-up (median [min-max]); {c['machine']}, {c['cpu_count']} cores, load "
-           f"{c['loadavg_1_5_15']} at start, {result['conditions_end']['loadavg_1_5_15']} at "
-           f"end, torch {c['torch']}, {c['date']}. Random weights; image tokenizer: "
+           f"warm-up (median [min-max]); {describe(c, result['conditions_end'])}. Random "
+           f"weights; image tokenizer: "
            f"{result['tokenizer']}.\n\n"]
     out.append("## Machine constants (measured)\n\n")
     out.append(_table(["quantity", "value", "how"], [
