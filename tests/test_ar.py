@@ -249,3 +249,57 @@ def test_reasoning_and_final_answer_weigh_the_same():
     wt = b.weight[:, 1:]
     rows = [(ce[i][tgt[i]] * wt[i][tgt[i]]).sum() / wt[i][tgt[i]].sum() for i in range(2)]
     assert torch.allclose(loss, torch.stack(rows).mean(), atol=1e-5)
+
+
+def test_bidirectional_input_images_open_only_the_input_span():
+    """input_images = "bidirectional": a later code of the *input* image changes what earlier
+    input codes compute; a later code of the *generated* image still cannot change earlier
+    target logits (the generated span stays causal)."""
+    m = model(6)
+    ar = Autoregressive(V, ARConfig(input_images="bidirectional"))
+    r = random.Random(1)
+    t = Turn("edit", [1, 2], [r.randrange(16) for _ in range(V.n_image)], None,
+             [r.randrange(16) for _ in range(V.n_image)])
+    base = collate([format_turn(V, t)], V.pad)
+    src = [i for i, s in enumerate(base.span[0].tolist()) if s == 1]
+    tgt = [i for i, s in enumerate(base.span[0].tolist()) if s == 2]
+
+    def hidden(tokens):
+        return ar.hidden(m, tokens, base.pos, ar.training_mask(base), {})[0]
+
+    h0 = hidden(base.tokens)
+    a = base.tokens.clone()
+    a[0, src[-1]] = V.code_start + (a[0, src[-1]] - V.code_start + 5) % V.n_codes
+    assert not torch.allclose(hidden(a)[src[0]], h0[src[0]], atol=1e-4)      # input: both ways
+    b = base.tokens.clone()
+    b[0, tgt[-1]] = V.code_start + (b[0, tgt[-1]] - V.code_start + 5) % V.n_codes
+    assert torch.allclose(hidden(b)[: tgt[-1]], h0[: tgt[-1]], atol=1e-5)    # target: causal
+    # the causal default really is causal over the input image
+    causal = Autoregressive(V)
+    assert causal.training_mask(base) is None
+
+
+@pytest.mark.parametrize("task", ["edit", "vqa"])
+def test_bidirectional_input_images_train_as_they_sample(task):
+    """What the cached samplers produce greedily is what the training forward (with its mask)
+    predicts at every target position: training and sampling see the same attention."""
+    m = model(7)
+    ar = Autoregressive(V, ARConfig(input_images="bidirectional", cfg_dropout=0.0))
+    r = random.Random(2)
+    img = [r.randrange(16) for _ in range(V.n_image)]
+    if task == "edit":
+        out = ar.generate_images(m, [Turn("edit", [3, 4], img)], 1.0, GREEDY)[0].tolist()
+        full = Turn("edit", [3, 4], img, None, out)
+        want, lo, hi = [V.code_start + c for c in out], V.code_start, V.code_start + V.n_codes
+    else:
+        out = ar.generate_text(m, [Turn("vqa", [3, 4], img)], 6, GREEDY)[0]
+        full = Turn("vqa", [3, 4], img, out)
+        want, lo, hi = out, 0, V.n_text
+    assert out
+    batch = collate([format_turn(V, full)], V.pad)
+    h = ar.hidden(m, batch.tokens, batch.pos, ar.training_mask(batch), {})[0]
+    toks = batch.tokens[0].tolist()
+    opener = V.boi if task == "edit" else V.asst          # the token before the first target
+    first = len(toks) - 1 - toks[::-1].index(opener) + 1
+    pred = m.logits(h[first - 1:first - 1 + len(want)], lo, hi).argmax(-1) + lo
+    assert pred.tolist() == want

@@ -2,6 +2,7 @@
 the same weights transformers' JanusForConditionalGeneration produces the same greedy image codes
 (batched, left-padded, with guidance) and the same greedy answers as our decoders."""
 
+import dataclasses
 import random
 import types
 
@@ -124,6 +125,8 @@ def test_incompatible_runs_are_refused_with_reasons():
     assert any("rope_sections" in p for p in problems) and any("code_mlp" in p for p in problems)
     assert any("uncond" in p for p in problems)
     assert janus_problems(CFG) == []
+    bidir = dataclasses.replace(CFG, ar=dataclasses.replace(CFG.ar, input_images="bidirectional"))
+    assert [p for p in janus_problems(bidir) if "input_images" in p]
 
 
 def test_saved_run_converts_both_ways(tiny_tokenizer, tmp_path):

@@ -59,6 +59,9 @@ def janus_problems(cfg) -> list[str]:
         out.append("model.qk_norm is on; Llama has no QK-norm")
     if cfg.ar.uncond != "pad":
         out.append(f"ar.uncond is {cfg.ar.uncond!r}; Janus's guidance rows pad the prompt ('pad')")
+    if cfg.ar.input_images != "causal":
+        out.append(f"ar.input_images is {cfg.ar.input_images!r}; Janus reads images causally "
+                   f"('causal')")
     return out
 
 

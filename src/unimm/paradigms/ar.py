@@ -8,6 +8,12 @@ Notable choices:
   guidance (`uncond = "drop"`), or keeps its length and writes <pad> over every prompt token but
   <bos> and the image delimiters (`uncond = "pad"`, as Janus trains and transformers' Janus
   samples; the pads are attended).
+- Input images (the picture a question is about, the source of an edit) may be read
+  bidirectionally (`input_images = "bidirectional"`, a prefix-LM over the image span as in
+  Show-o / Transfusion for their image spans): they are given, never sampled, so every code of
+  an object can see the whole object instead of only the codes before it in raster order. The
+  generated image's span stays causal. Default "causal" (Chameleon / Janus; needed for the
+  Janus layout).
 - Sampling runs conditional and unconditional rows in one batched forward (2B rows), with a
   preallocated KV cache, and computes logits only over the code slice: an image span holds
   exactly N codes and nothing else (constrained decoding by construction).
@@ -26,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.unified import TokenModel
-from .base import (Paradigm, Turn, drop_condition, format_turn, prefix_mask, reduce_loss,
+from .base import (Paradigm, Turn, drop_condition, format_turn, reduce_loss,
                    step_mask, text_image_stats)
 from .sampling import SamplingConfig, guide, sample
 from .sequence import Batch, Packed, Vocab, collate, image_positions
@@ -41,12 +47,17 @@ class ARConfig:
     loss_reduction: Literal["token", "sequence"] = "token"
     # The unconditional row of guidance: "drop" the condition, or "pad" it (Janus layout).
     uncond: Literal["drop", "pad"] = "drop"
+    # Attention inside *input* image spans: "causal" or "bidirectional" (see module docstring).
+    input_images: Literal["causal", "bidirectional"] = "causal"
 
     def __post_init__(self):
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
         if self.uncond not in ("drop", "pad"):
             raise ValueError(f"uncond must be 'drop' or 'pad', got {self.uncond!r}")
+        if self.input_images not in ("causal", "bidirectional"):
+            raise ValueError(f"input_images must be 'causal' or 'bidirectional', "
+                             f"got {self.input_images!r}")
 
 
 def pad_condition(v: Vocab, p: Packed) -> Packed:
@@ -64,6 +75,9 @@ class Autoregressive(Paradigm):
     def __init__(self, vocab: Vocab, cfg: ARConfig | None = None):
         super().__init__(vocab)
         self.cfg = cfg or ARConfig()
+        # prompts (sampling) hold input images only, so the base class's span-bidirectional
+        # prefix mask is exactly right; training masks target spans out of `span` (loss)
+        self.bidirectional_images = self.cfg.input_images == "bidirectional"
 
     def format(self, turn: Turn, rng: random.Random) -> Packed:
         if turn.task in ("t2i", "edit") and rng.random() < self.cfg.cfg_dropout:
@@ -76,8 +90,16 @@ class Autoregressive(Paradigm):
             return pad_condition(self.vocab, format_turn(self.vocab, turn, with_target))
         return format_turn(self.vocab, drop_condition(turn), with_target)
 
+    def training_mask(self, batch: Batch) -> Tensor | None:
+        """None (plain causal) or, with bidirectional input images, (B, 1, T, T): causal plus
+        each *input* image span (no loss on its codes) open in both directions."""
+        if not self.bidirectional_images:
+            return None
+        return self.attention(batch.span.masked_fill(batch.loss, 0), batch.valid)
+
     def loss(self, model: TokenModel, batch: Batch, generator=None):
-        h = self.hidden(model, batch.tokens, batch.pos, None, batch.extra)   # (B, T, D), causal
+        h = self.hidden(model, batch.tokens, batch.pos, self.training_mask(batch),
+                        batch.extra)                                 # (B, T, D)
         tgt_mask = batch.loss[:, 1:]                                 # token t+1 is a target
         hs = h[:, :-1][tgt_mask]                                     # (M, D) only where needed
         tgt = batch.tokens[:, 1:][tgt_mask]                          # (M,)
@@ -96,15 +118,16 @@ class Autoregressive(Paradigm):
         rows = [format_turn(v, t, with_target=False) for t in turns]
         if use_cfg:
             rows += [self.unconditional(t) for t in turns]
-        batch = collate(rows, v.pad, left=True)
         dev = next(model.parameters()).device
-        tokens, pos, valid = batch.tokens.to(dev), batch.pos.to(dev), batch.valid.to(dev)
+        batch = collate(rows, v.pad, left=True).to(dev)
+        tokens, pos, valid = batch.tokens, batch.pos, batch.valid
         R, T = tokens.shape
         B, N = len(turns), v.n_image
         cache = model.new_cache(R, T + N, device=dev)
         src = turns + [drop_condition(t) for t in turns] if use_cfg else turns
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
-        h = self.hidden(model, tokens, pos, prefix_mask(valid), extra, cache=cache)[:, -1]  # (R, D)
+        h = self.hidden(model, tokens, pos, self.prefix_attention(batch), extra,
+                        cache=cache)[:, -1]                    # (R, D)
         t0 = valid.sum(1)                                      # sequence index of code 0, per row
         codes = torch.empty(B, N, dtype=torch.long, device=dev)
         lo, hi = v.code_start, v.code_start + v.n_codes
