@@ -24,8 +24,8 @@ Notable choices:
   `pixels`), so guidance contrasts with and without the instruction, as for `ar`.
 - Aligner: `aligner_depth` linear layers with GELU between (Janus's MLP projector: two),
   from the encoder width to the model width.
-- `encoder_path` is read whenever the model is built, also when a saved run is reloaded (its
-  own weights then overwrite the encoder's), so the folder must stay where the config says.
+- `encoder_path` is read by the trainer only, when a fresh run starts (`init_pretrained`); a
+  saved run carries the encoder in its own weights, so reloading it never needs that folder.
 
 Einops legend: B rows, T tokens, N codes (= patches) per image, E encoder width, D model width.
 """
