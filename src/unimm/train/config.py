@@ -95,7 +95,7 @@ class EvalConfig:
     temperature: float = 0.0          # 0 = greedy
     top_k: int = 0
     top_p: float = 1.0
-    quick_fraction: float = 0.25      # periodic evaluation during training uses this share
+    quick_fraction: float = 0.25      # periodic evaluation uses this share (VQA: all n_vqa)
 
 
 @dataclass(frozen=True)
