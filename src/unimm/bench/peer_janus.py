@@ -2,7 +2,7 @@
 
 `measure(spec)` builds one Janus-compatible model with seeded random weights (the default
 model's shape laid out as configs/janus_compat.toml), writes its weights once, and runs our side
-and transformers' side in their own processes (bench.peers.in_child), alternating for `rounds`
+and transformers' side in their own processes (bench.common.in_child), alternating for `rounds`
 rounds; each loads those weights (transformers' through unimm.interop.janus) and times the same
 jobs with the same protocol (warm-up, `repeats` timed runs, median and spread, one torch thread
 unless told otherwise):
@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from .common import conditions, timeit
-from .peers import in_child, pooled, ratio_row
+from .common import in_child
+from .peers import pooled, ratio_row
 
 QUICK_SET = ["model.dim=32", "model.n_layers=1", "model.n_heads=4", "model.rope_sections=[4,0,0]"]
 
@@ -67,7 +68,7 @@ def _work(v, n: int, seed: int = 0):
 
 def _child(spec: dict) -> dict:
     """One side (spec['side'] = 'ours' | 'janus'): load the weights, time the jobs. Run in its
-    own process by bench.peers.in_child (which sets the thread count)."""
+    own process by bench.common.in_child (which sets the thread count)."""
     from safetensors.torch import load_file
 
     from ..paradigms.sampling import GREEDY

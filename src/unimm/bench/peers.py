@@ -20,9 +20,9 @@ Every ratio is "how many times faster ours is": ours / theirs in tokens/s, their
 seconds per image.
 
 Notable choices:
-- Each implementation runs in its own process (`python -m unimm.bench.peers spec.json`, with
-  `in_child`), so neither inherits the other's heap, allocator cache or thread pool; threads are
-  set explicitly in every process and the load average is recorded in every process.
+- Each implementation runs in its own process (bench.common.in_child), so neither inherits
+  the other's heap, allocator cache or thread pool; threads are set explicitly in every
+  process and the load average is recorded in every process.
 - Protocol as in bench/common.py: warm-up (2 training steps: the first builds AdamW's state),
   then >= 5 timed repeats (`--repeats`; `--quick` smoke runs use 1), median with min-max.
   Training ratios sit near 1, where the drift of a shared machine between two processes
@@ -45,19 +45,14 @@ p = e / 2 rotary pairs, N latents per image, d latent dim.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .common import conditions, describe, timeit
+from .common import conditions, describe, import_target, in_child, timeit
 
 # name -> "module:function"; the function takes the job spec (quick, repeats, threads, work)
 PEERS: dict[str, str] = {
@@ -78,38 +73,7 @@ FLOW_BATCHES = (1, 16)
 QUICK_FLOW = {"shape": {"dim": 32, "n_layers": 2, "n_heads": 2}, "steps": 2, "batches": (1, 2)}
 
 
-# ---- child processes ---------------------------------------------------------------------------
-
-def in_child(target: str, spec: dict, work: Path, label: str) -> dict:
-    """Run `target` ("module:function") on `spec` in a fresh interpreter; return its dict.
-    Raises RuntimeError with the tail of the child's stderr if it fails."""
-    work = Path(work)
-    fd, path = tempfile.mkstemp(prefix="spec-", suffix=".json", dir=work)
-    os.close(fd)
-    path = Path(path)
-    out = path.with_suffix(".out.json")
-    path.write_text(json.dumps({"target": target, "spec": spec, "out": str(out)}))
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "TQDM_DISABLE": "1"}
-    print(f"$ python -m unimm.bench.peers  # {label}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "unimm.bench.peers", str(path)], env=env,
-                       stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
-    if r.returncode:
-        raise RuntimeError(f"{label} failed with exit code {r.returncode}: "
-                           f"{r.stderr.strip()[-1500:]}")
-    return json.loads(out.read_text())
-
-
-def _import(target: str):
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _child_main(spec_path: str) -> None:
-    job = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(job["spec"]["threads"])
-    row = _import(job["target"])(job["spec"])
-    Path(job["out"]).write_text(json.dumps(row))
-
+# ---- pooling and ratios ----------------------------------------------------------------------
 
 def pooled(rounds: list[dict], key: str) -> dict:
     """One implementation's `timeit` results (under `key`) from several processes: wall times
@@ -484,7 +448,7 @@ def bench_peers(names: list[str], out_dir: Path, quick: bool = False, repeats: i
         for name in names:
             print(f"# peer {name}", flush=True)
             try:
-                jobs[name] = _import(PEERS[name])(spec)
+                jobs[name] = import_target(PEERS[name])(spec)
             except Exception as e:                      # record it; the other jobs still run
                 jobs[name] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"  {name} failed: {jobs[name]['error']}", flush=True)
@@ -552,6 +516,3 @@ def markdown(result: dict) -> str:
         out.append("\n" + "\n".join(notes) + "\n")
     return "".join(out)
 
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1])

@@ -30,12 +30,12 @@ Notable choices:
   so every answer runs to `max_new` tokens (mmada: all `text_len` slots) whatever the random
   weights would say; the same wrapper stamps the first logits call, which is the time to
   first token (mmada: the first token revealed).
-- Each (paradigm, size) runs in its own process (`python -m unimm.bench.speed spec.json`):
-  no shared heap or allocator cache, and the process's max RSS (the CPU's peak memory,
-  `resource.getrusage`, process-wide: interpreter, torch and model included) belongs to one
-  model. Inside a process the measurements run from small to large footprint (answer, batch
-  1, batch 16, training), so each high-water mark is mostly that measurement's own. On CUDA
-  the peak is `torch.cuda.max_memory_allocated` per measurement.
+- Each (paradigm, size) runs in its own process (bench.common.in_child): no shared heap or
+  allocator cache, and the process's max RSS (the CPU's peak memory, `resource.getrusage`,
+  process-wide: interpreter, torch and model included) belongs to one model. Inside a process
+  the measurements run from small to large footprint (answer, batch 1, batch 16, training), so
+  each high-water mark is mostly that measurement's own. On CUDA the peak is
+  `torch.cuda.max_memory_allocated` per measurement.
 - Reference loops (no cache) live here, only for timing: autoregressive samplers recompute
   the whole sequence for every code; masked and flow samplers recompute the prompt with the
   image span at every step. Both run at batch 1, guidance 1, greedy, next to the cached
@@ -56,11 +56,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +66,7 @@ from pathlib import Path
 
 import torch
 
-from .common import conditions, describe, timeit
+from .common import conditions, describe, in_child, timeit
 
 SIZES: dict[str, dict | None] = {   # name -> backbone shape over the config's (None = as is)
     "default": None,
@@ -521,20 +519,6 @@ def _prepare_tokenizers(cfg, work: Path, tokenizer: Path | None) -> None:
                         cfg.data.text_vocab_size).save(work / "tokenizer" / "text")
 
 
-def _child(spec: dict, work: Path) -> dict:
-    path = work / f"spec-{spec['paradigm']}-{spec['size']}.json"
-    spec = {**spec, "out": str(path.with_suffix(".out.json"))}
-    path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-    cmd = [sys.executable, "-m", "unimm.bench.speed", str(path)]
-    print(f"$ python -m unimm.bench.speed  # {spec['paradigm']} @ {spec['size']}", flush=True)
-    r = subprocess.run(cmd, env=env)
-    if r.returncode:
-        raise RuntimeError(f"measuring {spec['paradigm']} at size {spec['size']} failed with "
-                           f"exit code {r.returncode} (its error is printed above)")
-    return json.loads(Path(spec["out"]).read_text())
-
-
 def check_options(paradigms: list[str], sizes: list[str], device: str, threads: int,
                   repeats: int) -> None:
     from ..paradigms import PARADIGMS
@@ -575,7 +559,8 @@ def bench_speed(config: Path, paradigms: list[str], sizes: list[str], out_dir: P
                 spec = {"config": str(config), "paradigm": name, "size": size, "device": dev.type,
                         "threads": threads, "repeats": repeats, "work": str(work),
                         "machine": machine}
-                rows.append(_child(spec, work))
+                rows.append(in_child("unimm.bench.speed:measure", spec, work,
+                                     f"{spec['paradigm']} @ {spec['size']}"))
                 print(_summary(rows[-1]), flush=True)
     result = {"conditions": start, "conditions_end": conditions(), "config": str(config),
               "device": dev.type, "threads": threads, "repeats": repeats, "quick": quick,
@@ -712,12 +697,3 @@ def plot(rows: list[dict], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
-
-def _main(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    row = measure(spec)
-    Path(spec["out"]).write_text(json.dumps(row))
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1])

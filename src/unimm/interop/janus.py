@@ -33,7 +33,6 @@ from torch import Tensor
 
 from ..paradigms.base import Turn, format_turn
 from ..paradigms.sequence import SPECIALS, Vocab, collate
-from ..utils.io import write_json
 
 UNIMM_DIR = "unimm"           # our run config + tokenizers inside a converted Janus folder
 
