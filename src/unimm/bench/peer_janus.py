@@ -182,11 +182,13 @@ def peer_job(spec: dict) -> dict:
         if kind == "generate":
             what = (f"image generation s/image, batch {batch}, guidance {s['guidance']:g}, greedy "
                     f"({same} codes)")
-            row = ratio_row(what, job["ours"], job["theirs"], "s/image", 3.0, job["work"])
+            row = ratio_row(what, job["ours"], job["theirs"], "s/image",
+                            r["bars"]["generate_speedup"], job["work"])
         else:
             what = (f"answering tokens/s, batch {batch}, greedy, up to {s['max_new']} tokens "
                     f"({same} answers)")
-            row = ratio_row(what, job["ours"], job["theirs"], "tokens/s", 2.0, job["work"])
+            row = ratio_row(what, job["ours"], job["theirs"], "tokens/s",
+                            r["bars"]["answer_speedup"], job["work"])
         row["met"] = row["met"] and job["identical_output"]    # a ratio of different work: no
         rows.append(row)
     sh = r["shape"]

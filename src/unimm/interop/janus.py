@@ -26,6 +26,7 @@ always runs the two rows).
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -193,18 +194,27 @@ def to_janus(run: str | Path | None, out: str | Path, device: str = "cpu") -> Pa
     from ..train.run import load_run
     parts = load_run(run, device=device) if run is not None else _default_parts(device)
     janus = build_janus(parts)
+    with _new_folder(out) as tmp:
+        janus.save_pretrained(tmp, safe_serialization=True)
+        _save_unimm_side(parts, tmp / UNIMM_DIR)
+    return Path(out)
+
+
+@contextmanager
+def _new_folder(out: str | Path):
+    """Yield a not-yet-existing temporary sibling of `out` to fill; renamed to `out` when the
+    block succeeds, removed in any case (a failure leaves nothing behind). Refuses an
+    existing `out`."""
     out = Path(out)
     if out.exists():
         raise ConversionError(f"{out} exists; choose a new folder")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        janus.save_pretrained(tmp, safe_serialization=True)
-        _save_unimm_side(parts, tmp / UNIMM_DIR)
+        yield tmp
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def _default_parts(device):
@@ -252,30 +262,13 @@ def from_janus(janus_dir: str | Path, out: str | Path) -> Path:
     if bad:
         raise ConversionError(f"Janus weights do not fit the run config: {bad[:4]}")
     parts.model.load_state_dict(ours)
-    if out.exists():
-        raise ConversionError(f"{out} exists; choose a new folder")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with _new_folder(out) as tmp:
         shutil.copytree(side, tmp)
         save_weights(parts.model, tmp / "model.safetensors")
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 # ---- running the same work on transformers' Janus -----------------------------------------------
-
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, T - len(r):] = torch.tensor(r)
-        mask[i, T - len(r):] = 1
-    return ids, mask
-
 
 @torch.inference_mode()
 def janus_generate_codes(janus, v: Vocab, turns: list[Turn], guidance: float) -> Tensor:
@@ -286,10 +279,9 @@ def janus_generate_codes(janus, v: Vocab, turns: list[Turn], guidance: float) ->
         raise ConversionError(f"transformers' Janus applies guidance only above 1; got {guidance}")
     if any(t.task != "t2i" for t in turns):
         raise ConversionError("transformers' Janus generates from text prompts only (t2i)")
-    rows = [format_turn(v, t, with_target=False).tokens for t in turns]
-    ids, mask = _left_pad(rows, v.pad)
-    return janus.generate(input_ids=ids, attention_mask=mask, generation_mode="image",
-                          do_sample=False, guidance_scale=guidance)
+    batch = collate([format_turn(v, t, with_target=False) for t in turns], v.pad, left=True)
+    return janus.generate(input_ids=batch.tokens, attention_mask=batch.valid.long(),
+                          generation_mode="image", do_sample=False, guidance_scale=guidance)
 
 
 @torch.inference_mode()
