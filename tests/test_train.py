@@ -209,3 +209,18 @@ def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "1",
                           "--paradigms", "ar,nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "available" in bad.stderr
+
+
+def test_several_questions_per_picture_train(tiny_tokenizer, tmp_path):
+    """data.vqa_turns: VQA rows carry follow-up branches, the step's loss is finite, and the
+    option is checked."""
+    import math
+    cfg = tiny(tiny_tokenizer, "data.vqa_turns=4", "data.caption=0", "data.t2i=0",
+               "data.edit=0")
+    tr = Trainer(cfg, tmp_path / "mt", progress=False)
+    batch = tr.stream.batch(0)
+    assert batch.branch is not None and int(batch.branch.max()) == 4
+    assert math.isfinite(tr.train_step()["loss"])
+    for bad in ("data.vqa_turns=0", "data.dataset=digits"):
+        with pytest.raises(ValueError, match="vqa_turns"):
+            tiny(tiny_tokenizer, "data.vqa_turns=2", bad)

@@ -73,14 +73,19 @@ class ShapesWorld:
     tasks = TASKS
 
     def __init__(self, split: str = "train", config: WorldConfig | None = None,
-                 reasoning: bool = False):
+                 reasoning: bool = False, vqa_turns: int = 1):
         """`reasoning`: training VQA targets describe the scene before the answer
-        (`text.with_reasoning`); `vqa_example` called directly keeps the plain answer."""
+        (`text.with_reasoning`); `vqa_example` called directly keeps the plain answer.
+        `vqa_turns`: questions per VQA example through `example` (the first as usual, the rest
+        as follow-up turns about the same picture in `meta["followups"]`)."""
+        if vqa_turns < 1:
+            raise ValueError(f"vqa_turns must be >= 1, got {vqa_turns}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
         self.split = split
         self.config = config or WorldConfig()
         self.reasoning = reasoning
+        self.vqa_turns = vqa_turns
         train = split == "train"
         mode = self.config.holdout
         self.forbid_gen = HOLDOUT_PAIRS if train and mode != "none" else frozenset()
@@ -112,10 +117,16 @@ class ShapesWorld:
         return Example("caption", i, CAPTION_PROMPT, image=render(s),
                        target_text=caption(s, rng, style), scene=s)
 
-    def vqa_example(self, i: int, kind: str | None = None, reasoning: bool = False) -> Example:
+    def vqa_example(self, i: int, kind: str | None = None, reasoning: bool = False,
+                    turns: int = 1) -> Example:
         """Image + question -> answer. The kind (and for yes/no kinds the answer) is drawn
         first; if it cannot be asked about scene(i), a new scene is drawn from this example's
-        stream, so kinds are uniform and yes/no exactly balanced in expectation."""
+        stream, so kinds are uniform and yes/no exactly balanced in expectation.
+
+        turns > 1 adds up to turns - 1 follow-up questions about the same scene, of other
+        kinds (each with its own drawn yes/no answer; a kind that cannot be asked is skipped),
+        as plain (question, answer) pairs in meta["followups"]: one picture then pays for
+        several answers, as in multi-turn instruction data."""
         rng = self.rng(i, "vqa")
         kind = kind or rng.choice(QUESTION_KINDS)
         want = rng.random() < 0.5
@@ -123,8 +134,14 @@ class ShapesWorld:
         while (qa := question(s, rng, kind, want)) is None:
             s = sample_scene(rng, self.config.image_size, forbid=self.forbid_all)
         target = with_reasoning(s, qa.answer) if reasoning else qa.answer
+        meta = {"answer": qa.answer}
+        if turns > 1:
+            others = [k for k in QUESTION_KINDS if k != qa.kind]
+            rng.shuffle(others)
+            more = (question(s, rng, k, rng.random() < 0.5) for k in others)
+            meta["followups"] = [(q.question, q.answer) for q in more if q][:turns - 1]
         return Example("vqa", i, qa.question, image=render(s), target_text=target,
-                       scene=s, kind=qa.kind, meta={"answer": qa.answer})
+                       scene=s, kind=qa.kind, meta=meta)
 
     def t2i_example(self, i: int, geneval: bool | None = None) -> Example:
         """Prompt -> image. Full-scene captions, or (with probability geneval_prompt_frac) a
@@ -155,7 +172,7 @@ class ShapesWorld:
 
     def example(self, i: int, task: str) -> Example:
         if task == "vqa":
-            return self.vqa_example(i, reasoning=self.reasoning)
+            return self.vqa_example(i, reasoning=self.reasoning, turns=self.vqa_turns)
         fn = {"caption": self.caption_example,
               "t2i": self.t2i_example, "edit": self.edit_example}.get(task)
         if fn is None:

@@ -64,6 +64,12 @@ def span_mask(span_ids: Tensor, t: int | None = None) -> Tensor:
     return causal | same
 
 
+def same_branch(branch: Tensor) -> Tensor:
+    """Bool (b, s, s) from branch ids (b, s): key j is visible to query i when it lies in the
+    shared prefix (id 0) or in the query's own branch. Keeps the diagonal; combine with `&`."""
+    return (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
+
+
 def and_padding(mask: Tensor, key_valid: Tensor) -> Tensor:
     """Bool (b, t, s): `mask` (t, s) or (b, t, s) with invalid keys removed, diagonal kept.
 

@@ -66,7 +66,7 @@ def pad_condition(v: Vocab, p: Packed) -> Packed:
     keep = (v.bos, v.boi, v.eoi)
     tokens = [t if loss or t in keep or t >= v.code_start else v.pad
               for t, loss in zip(p.tokens, p.loss)]
-    return Packed(tokens, p.pos, p.loss, p.span, p.weight)
+    return Packed(tokens, p.pos, p.loss, p.span, p.weight, p.branch)
 
 
 class Autoregressive(Paradigm):
@@ -91,11 +91,12 @@ class Autoregressive(Paradigm):
         return format_turn(self.vocab, drop_condition(turn), with_target)
 
     def training_mask(self, batch: Batch) -> Tensor | None:
-        """None (plain causal) or, with bidirectional input images, (B, 1, T, T): causal plus
-        each *input* image span (no loss on its codes) open in both directions."""
-        if not self.bidirectional_images:
+        """None (plain causal) or (B, 1, T, T): causal, plus each *input* image span (no loss
+        on its codes) open in both directions with bidirectional input images, and branches
+        kept apart (sequence.py) when the batch has any."""
+        if not self.bidirectional_images and batch.branch is None:
             return None
-        return self.attention(batch.span.masked_fill(batch.loss, 0), batch.valid)
+        return self.attention(batch.span.masked_fill(batch.loss, 0), batch.valid, batch.branch)
 
     def loss(self, model: TokenModel, batch: Batch, generator=None):
         h = self.hidden(model, batch.tokens, batch.pos, self.training_mask(batch),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..model.masks import and_padding, span_mask
+from ..model.masks import and_padding, same_branch, span_mask
 from ..model.unified import TokenModel
 from .sampling import GREEDY, SamplingConfig, sample
 from .sequence import Batch, Builder, Packed, Vocab, collate
@@ -38,6 +38,9 @@ class Turn:
     # description); the reasoning and the final answer (with <eos>) then weigh the same in
     # the loss, so a one-word answer is not drowned by the sentence before it. None = plain.
     answer_from: int | None = None
+    # Follow-up (question ids, answer ids) turns about the same input image, after the first
+    # answer (training only: multi-turn VQA); samplers never see them.
+    followups: tuple = ()
 
 
 def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
@@ -45,6 +48,8 @@ def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
     b = Builder(v).special("<bos>")
     if turn.image is not None:
         b.image(turn.image)
+    if turn.followups and with_target:
+        b.branch()                          # the first question and each follow-up: branches
     b.special("<user>").text(turn.text).special("<asst>")
     if turn.task in ("caption", "vqa"):
         if with_target and turn.answer_from:
@@ -54,6 +59,9 @@ def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
             b.special("<eos>", loss=True, weight=w)
         elif with_target:
             b.text(turn.answer, loss=True).special("<eos>", loss=True)
+        for q, a in turn.followups if with_target else ():
+            b.branch().special("<user>").text(q).special("<asst>")
+            b.text(a, loss=True).special("<eos>", loss=True)
     elif with_target:
         b.image(turn.target_image, loss=True).special("<eos>", loss=True)
     else:
@@ -65,7 +73,7 @@ def drop_condition(turn: Turn) -> Turn:
     """The unconditional twin of a generation turn, for classifier-free guidance: the text is
     dropped, an input image (editing) is kept."""
     return Turn(turn.task, [], turn.image, turn.answer, turn.target_image, turn.pixels,
-                turn.answer_from)
+                turn.answer_from, turn.followups)
 
 
 def reduce_loss(per_target: Tensor, where: Tensor, how: str = "token",
@@ -147,13 +155,15 @@ class Paradigm:
         through their own modules override this. Default: the token model's embeddings."""
         return model.embed_tokens(tokens, pos)
 
-    def attention(self, span: Tensor, valid: Tensor) -> Tensor:
+    def attention(self, span: Tensor, valid: Tensor, branch: Tensor | None = None) -> Tensor:
         """(B, 1, T, T) mask of whole sequences with span ids (B, T) and validity (B, T):
         causal over the valid tokens, and bidirectional inside each span when the paradigm's
-        `bidirectional_images` says so (Transfusion / Show-o), in training and answering alike."""
-        if self.bidirectional_images:
-            return and_padding(span_mask(span), valid)[:, None]
-        return prefix_mask(valid)
+        `bidirectional_images` says so (Transfusion / Show-o), in training and answering alike.
+        Branch ids (B, T) (training batches with several turns per picture, sequence.py) keep
+        each branch to the shared prefix and itself."""
+        m = (and_padding(span_mask(span), valid)[:, None] if self.bidirectional_images
+             else prefix_mask(valid))
+        return m if branch is None else m & same_branch(branch)[:, None]
 
     def prefix_attention(self, batch: Batch) -> Tensor:
         """Attention mask (B, 1, T, T) of a left-padded prompt batch."""

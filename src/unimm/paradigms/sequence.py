@@ -17,6 +17,14 @@ the same cell of a source and an edited image is at zero relative rotation in th
 (copying is a fixed attention pattern, whatever the instruction's length), and a generated code
 knows which cell it is in. The first coordinate keeps the 1-D order. Each image span
 has an id (`span`, 0 = not an image) so paradigms can make spans bidirectional.
+
+Branches (training only): several question/answer turns may share one picture,
+
+    <bos> <boi> [img] <eoi> | <user> q1 <asst> a1 <eos> | <user> q2 <asst> a2 <eos> | ...
+
+where each turn after the fork is a branch (`branch` ids 1, 2, ...; 0 = the shared prefix)
+that sees the prefix and itself only, at the positions it would have alone. Each branch is
+then trained exactly as a one-question sequence is asked, while the picture is paid for once.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ class Packed:
     loss: list[bool]                  # token t is a training target (predicted from t-1)
     span: list[int]                   # image span id (1, 2, ...) or 0
     weight: list[float] = field(default_factory=list)   # loss weight per token; [] = all 1
+    branch: list[int] = field(default_factory=list)     # branch id per token; [] = all 0
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -85,14 +94,30 @@ class Builder:
         self.v = vocab
         self.p = Packed([], [], [], [])
         self.n_spans = 0
+        self.fork_at: int | None = None    # where branches start (see the module docstring)
+        self.shift = 0                     # tokens of earlier branches, skipped by positions
+        self.n_branch = 0
+
+    def _t(self) -> int:
+        return len(self.p.tokens) - self.shift
 
     def _add(self, tok: int, loss: bool, pos=None, span: int = 0, weight: float = 1.0):
-        t = len(self.p.tokens)
+        t = self._t()
         self.p.tokens.append(tok)
         self.p.pos.append(pos if pos is not None else (t, t, t))
         self.p.loss.append(loss)
         self.p.span.append(span)
         self.p.weight.append(weight)
+        self.p.branch.append(self.n_branch)
+
+    def branch(self) -> "Builder":
+        """Start a new branch: what follows sees the tokens before the first branch and its
+        own, and takes positions as if it came right after them."""
+        if self.fork_at is None:
+            self.fork_at = len(self.p.tokens)
+        self.n_branch += 1
+        self.shift = len(self.p.tokens) - self.fork_at
+        return self
 
     def special(self, name: str, loss: bool = False, weight: float = 1.0) -> "Builder":
         self._add(self.v.special(name), loss, weight=weight)
@@ -111,7 +136,7 @@ class Builder:
             raise ValueError(f"an image holds {h * w} codes, got {len(codes)}")
         self.special("<boi>", loss)
         self.n_spans += 1
-        t0 = len(self.p.tokens)
+        t0 = self._t()
         for k, c in enumerate(codes):
             r, col = divmod(k, w)
             self._add(self.v.code_start + c, loss, (t0 + k, r, col), self.n_spans)
@@ -141,12 +166,14 @@ class Batch:
     tasks: list[str]
     extra: dict = field(default_factory=dict)   # a paradigm's own inputs (Paradigm.extras_for)
     weight: torch.Tensor | None = None          # (B, T) float loss weight per token
+    branch: torch.Tensor | None = None          # (B, T) long branch ids; None = no branches
 
     def to(self, device) -> "Batch":
         return Batch(self.tokens.to(device), self.pos.to(device), self.loss.to(device),
                      self.span.to(device), self.valid.to(device), self.tasks,
                      {k: v.to(device) for k, v in self.extra.items()},
-                     None if self.weight is None else self.weight.to(device))
+                     None if self.weight is None else self.weight.to(device),
+                     None if self.branch is None else self.branch.to(device))
 
 
 def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,
@@ -160,6 +187,7 @@ def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,
     span = torch.zeros((B, T), dtype=torch.long)
     valid = torch.zeros((B, T), dtype=torch.bool)
     weight = torch.ones((B, T))
+    branch = torch.zeros((B, T), dtype=torch.long)
     for b, s in enumerate(seqs):
         n = len(s)
         sl = slice(T - n, T) if left else slice(0, n)
@@ -170,4 +198,7 @@ def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,
         valid[b, sl] = True
         if s.weight:
             weight[b, sl] = torch.tensor(s.weight)
-    return Batch(tokens, pos, loss, span, valid, tasks or [""] * B, weight=weight)
+        if any(s.branch):
+            branch[b, sl] = torch.tensor(s.branch)
+    return Batch(tokens, pos, loss, span, valid, tasks or [""] * B, weight=weight,
+                 branch=branch if bool(branch.any()) else None)

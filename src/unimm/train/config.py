@@ -30,8 +30,15 @@ class DataConfig:
     # "caption": VQA targets first describe the whole scene, then answer after "Answer:"
     # (ShapesWorld only; the pipeline returns the part after the mark).
     vqa_reasoning: Literal["none", "caption"] = "none"
+    # Questions per training VQA example: the first, then follow-up turns about the same
+    # picture (ShapesWorld only). Evaluation always asks one question per picture.
+    vqa_turns: int = 1
 
     def __post_init__(self):
+        if self.vqa_turns < 1:
+            raise ValueError(f"vqa_turns must be >= 1, got {self.vqa_turns}")
+        if self.vqa_turns > 1 and self.dataset != "shapes":
+            raise ValueError("vqa_turns > 1 needs dataset = 'shapes' (a digit has one question to ask)")
         if self.vqa_reasoning not in ("none", "caption"):
             raise ValueError(f"vqa_reasoning must be 'none' or 'caption', got {self.vqa_reasoning!r}")
         if self.vqa_reasoning != "none" and self.dataset != "shapes":

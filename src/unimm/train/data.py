@@ -49,7 +49,8 @@ class DigitsSource:
 def make_source(data, split: str):
     """The task source a run's data config (train.config.DataConfig) describes."""
     if data.dataset == "shapes":
-        return ShapesWorld(split, data.world, reasoning=data.vqa_reasoning != "none")
+        return ShapesWorld(split, data.world, reasoning=data.vqa_reasoning != "none",
+                           vqa_turns=data.vqa_turns)
     if data.dataset == "digits":
         return DigitsSource(split, data.world.image_size)
     raise ValueError(f"unknown dataset {data.dataset!r}; known: shapes, digits")
@@ -82,7 +83,8 @@ class Encoder:
                 e.task, self.ids(e.text),
                 next(img_codes) if e.image is not None else None,
                 answer, next(tgt_codes) if e.target_image is not None else None,
-                e.image, start))
+                e.image, start,
+                tuple((self.ids(q), self.ids(a)) for q, a in e.meta.get("followups", ()))))
         return out
 
     def answer_ids(self, e: Example) -> tuple[list[int] | None, int | None]:

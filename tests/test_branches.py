@@ -1,0 +1,121 @@
+"""Several question turns about one picture in one training sequence (sequence.py, branches):
+each turn must be computed exactly as the one-question sequence it stands for, so that the
+model is trained on what it is asked at sampling time."""
+
+import random
+
+import pytest
+import torch
+
+from unimm.data.splits import ShapesWorld
+from unimm.data.text import QUESTION_KINDS
+from unimm.model.backbone import BackboneConfig
+from unimm.model.unified import TokenModel
+from unimm.paradigms.ar import ARConfig, Autoregressive
+from unimm.paradigms.base import Turn, format_turn
+from unimm.paradigms.masked import Masked
+from unimm.paradigms.sequence import Vocab, collate
+
+V = Vocab(n_text=40, n_codes=16, grid=(2, 3))
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    m = TokenModel(V.size, BackboneConfig(dim=32, n_layers=2, n_heads=4, max_seq_len=128))
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.mul_(4)          # logits that really depend on the context
+    return m.eval()
+
+
+def qa_turn(r, n_follow):
+    def ids(lo, hi):
+        return [r.randrange(V.n_text) for _ in range(r.randint(lo, hi))]
+    img = [r.randrange(V.n_codes) for _ in range(V.n_image)]
+    return Turn("vqa", ids(1, 5), img, ids(1, 3),
+                followups=tuple((ids(1, 5), ids(1, 3)) for _ in range(n_follow)))
+
+
+def alone(t: Turn) -> list[Turn]:
+    """The one-question turns a branched turn stands for."""
+    return [Turn("vqa", t.text, t.image, t.answer)] + \
+           [Turn("vqa", q, t.image, a) for q, a in t.followups]
+
+
+PARADIGMS = {
+    "ar": lambda: Autoregressive(V),
+    "ar-bidirectional": lambda: Autoregressive(V, ARConfig(input_images="bidirectional")),
+    "masked": lambda: Masked(V),
+}
+
+
+def training_mask(par, batch):
+    if isinstance(par, Autoregressive):
+        return par.training_mask(batch)
+    return par.attention(batch.span, batch.valid, batch.branch)   # masked / flow training
+
+
+@pytest.mark.parametrize("name", sorted(PARADIGMS))
+def test_each_branch_computes_what_its_question_alone_computes(name):
+    par, m = PARADIGMS[name](), model(3)
+    r = random.Random(0)
+    turns = [qa_turn(r, 3), qa_turn(r, 0), qa_turn(r, 2)]       # rows with and without branches
+    batch = collate([format_turn(V, t) for t in turns], V.pad)
+    assert batch.branch is not None
+    h = par.hidden(m, batch.tokens, batch.pos, training_mask(par, batch), {})
+    for b, t in enumerate(turns):
+        valid = batch.valid[b]
+        toks, br = batch.tokens[b][valid].tolist(), batch.branch[b][valid].tolist()
+        hb = h[b][valid]
+        pieces = alone(t)
+        assert max(br) == (len(pieces) if t.followups else 0)
+        for k, one in enumerate(pieces, start=1 if t.followups else 0):
+            single = collate([format_turn(V, one)], V.pad)
+            hs = par.hidden(m, single.tokens, single.pos, training_mask(par, single), {})[0]
+            idx = [i for i, x in enumerate(br) if x in (0, k)]   # the prefix, then this branch
+            assert [toks[i] for i in idx] == single.tokens[0].tolist()
+            assert batch.pos[b][valid][idx].tolist() == single.pos[0].tolist()
+            assert batch.loss[b][valid][idx].tolist() == single.loss[0].tolist()
+            torch.testing.assert_close(hb[idx], hs, atol=2e-5, rtol=1e-4)
+
+
+def test_branch_mask_is_needed():
+    """Without the branch mask a later question would see the earlier answers (the equality
+    above fails), so the test can fail."""
+    par, m = Autoregressive(V), model(4)
+    t = qa_turn(random.Random(1), 2)
+    batch = collate([format_turn(V, t)], V.pad)
+    h = par.hidden(m, batch.tokens, batch.pos, None, {})[0]         # plain causal
+    single = collate([format_turn(V, alone(t)[-1])], V.pad)
+    hs = par.hidden(m, single.tokens, single.pos, None, {})[0]
+    br = batch.branch[0].tolist()
+    idx = [i for i, x in enumerate(br) if x in (0, max(br))]
+    assert not torch.allclose(h[idx][-1], hs[-1], atol=1e-3)
+
+
+def test_sampling_prefixes_have_no_branches():
+    t = qa_turn(random.Random(2), 3)
+    p = format_turn(V, t, with_target=False)
+    assert not any(p.branch) and p.tokens[-1] == V.asst
+    assert p.tokens == format_turn(V, alone(t)[0], with_target=False).tokens
+
+
+def test_shapes_world_follow_ups_are_other_true_questions_of_the_same_scene():
+    w = ShapesWorld("train", vqa_turns=4)
+    kinds_seen, yes, no = set(), 0, 0
+    for i in range(200):
+        e = w.example(i, "vqa")
+        fu = e.meta["followups"]
+        assert 1 <= len(fu) <= 3 and e.meta["answer"] == e.target_text
+        assert e.text not in [q for q, _ in fu]
+        for q, a in fu:
+            yes, no = yes + (a == "yes"), no + (a == "no")
+        kinds_seen.add(e.kind)
+    assert kinds_seen == set(QUESTION_KINDS)
+    assert 0.35 < yes / (yes + no) < 0.65
+    # the first question is the one-turn example's question: vqa_turns only adds turns
+    assert w.example(7, "vqa").text == ShapesWorld("train").example(7, "vqa").text
+    assert "followups" not in ShapesWorld("train").example(7, "vqa").meta
+    with pytest.raises(ValueError, match="vqa_turns"):
+        ShapesWorld("train", vqa_turns=0)
