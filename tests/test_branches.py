@@ -94,6 +94,12 @@ def test_branch_mask_is_needed():
     assert not torch.allclose(h[idx][-1], hs[-1], atol=1e-3)
 
 
+def test_mmada_refuses_follow_ups():
+    from unimm.paradigms.mmada import MMaDA
+    with pytest.raises(ValueError, match="vqa_turns = 1"):
+        MMaDA(V).make_batch([qa_turn(random.Random(3), 2)], random.Random(0))
+
+
 def test_sampling_prefixes_have_no_branches():
     t = qa_turn(random.Random(2), 3)
     p = format_turn(V, t, with_target=False)

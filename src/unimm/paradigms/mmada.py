@@ -95,6 +95,9 @@ class MMaDA(Masked):
     def format_labeled(self, turn: Turn, rng: random.Random):
         if turn.task not in ("caption", "vqa"):
             return super().format_labeled(turn, rng)          # images: masked-paradigm recipe
+        if turn.followups:
+            raise ValueError("mmada trains one question per picture (its answer is a "
+                             "bidirectional response span, not a branch); set data.vqa_turns = 1")
         v, L = self.vocab, self.cfg.text_len
         ans = list(turn.answer) + [v.eos]
         if len(ans) > L:
