@@ -27,7 +27,8 @@ def _fmt(x) -> str:
 BARS = {"vqa/overall": 0.97, "caption/scene_correct": 0.97, "t2i/full_scene": 0.95,
         "edit/success": 0.85}
 KIND_BAR = 0.93
-STAGE_CONFIGS = {"shapes-ar": "configs/shapes_ar.toml", "shapes-ar2": "configs/shapes_ar_stage2.toml"}
+STAGE_CONFIGS = {"shapes-ar": "configs/shapes_ar.toml", "shapes-ar2": "configs/shapes_ar_stage2.toml",
+                 "shapes-ar4": "configs/shapes_ar_stage4.toml"}
 
 
 def _stages(run: Path) -> list[tuple[Path, dict, dict]]:
@@ -87,7 +88,10 @@ def card(run: Path, digits: Path | None) -> str:
         f"- Text: byte-level BPE, {json.loads((run / 'config.json').read_text())['vocab']['n_text']} tokens.",
         f"- Data: ShapesWorld train split, task mixture caption {cfg['data']['caption']} / VQA {cfg['data']['vqa']} / "
         f"text-to-image {cfg['data']['t2i']} / editing {cfg['data']['edit']}; hold-out mode `{cfg['data']['world']['holdout']}` "
-        "(five colour-shape pairs never drawn as targets).",
+        "(five colour-shape pairs never drawn as targets)"
+        + "".join(f"; {c['data'].get('vqa_turns', 1)} questions per VQA picture in `{c['name']}` "
+                  "(`data.vqa_turns`, one branch each)" for _, c, _ in stages
+                  if c["data"].get("vqa_turns", 1) > 1) + ".",
         f"- Training: {st['step']} steps of batch {cfg['train']['batch_size']}, AdamW lr {cfg['train']['lr']} "
         f"(warm-up {cfg['train']['warmup_steps']}, cosine to {cfg['train']['min_lr_ratio']}x over {st['max_steps']} steps), "
         f"bf16 autocast, condition dropout {cfg['ar']['cfg_dropout']}; final training loss {hist[-1]['loss']:.3f}.",
