@@ -28,7 +28,7 @@ BARS = {"vqa/overall": 0.97, "caption/scene_correct": 0.97, "t2i/full_scene": 0.
         "edit/success": 0.85}
 KIND_BAR = 0.93
 STAGE_CONFIGS = {"shapes-ar": "configs/shapes_ar.toml", "shapes-ar2": "configs/shapes_ar_stage2.toml",
-                 "shapes-ar4": "configs/shapes_ar_stage4.toml"}
+                 "shapes-ar4": "configs/shapes_ar_stage4.toml", "shapes-ar5": "configs/shapes_ar_stage5.toml"}
 
 
 def _stages(run: Path) -> list[tuple[Path, dict, dict]]:
