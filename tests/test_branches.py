@@ -50,12 +50,6 @@ PARADIGMS = {
 }
 
 
-def training_mask(par, batch):
-    if isinstance(par, Autoregressive):
-        return par.training_mask(batch)
-    return par.attention(batch.span, batch.valid, batch.branch)   # masked / flow training
-
-
 @pytest.mark.parametrize("name", sorted(PARADIGMS))
 def test_each_branch_computes_what_its_question_alone_computes(name):
     par, m = PARADIGMS[name](), model(3)
@@ -63,7 +57,7 @@ def test_each_branch_computes_what_its_question_alone_computes(name):
     turns = [qa_turn(r, 3), qa_turn(r, 0), qa_turn(r, 2)]       # rows with and without branches
     batch = collate([format_turn(V, t) for t in turns], V.pad)
     assert batch.branch is not None
-    h = par.hidden(m, batch.tokens, batch.pos, training_mask(par, batch), {})
+    h = par.hidden(m, batch.tokens, batch.pos, par.training_mask(batch), {})
     for b, t in enumerate(turns):
         valid = batch.valid[b]
         toks, br = batch.tokens[b][valid].tolist(), batch.branch[b][valid].tolist()
@@ -72,7 +66,7 @@ def test_each_branch_computes_what_its_question_alone_computes(name):
         assert max(br) == (len(pieces) if t.followups else 0)
         for k, one in enumerate(pieces, start=1 if t.followups else 0):
             single = collate([format_turn(V, one)], V.pad)
-            hs = par.hidden(m, single.tokens, single.pos, training_mask(par, single), {})[0]
+            hs = par.hidden(m, single.tokens, single.pos, par.training_mask(single), {})[0]
             idx = [i for i, x in enumerate(br) if x in (0, k)]   # the prefix, then this branch
             assert [toks[i] for i in idx] == single.tokens[0].tolist()
             assert batch.pos[b][valid][idx].tolist() == single.pos[0].tolist()

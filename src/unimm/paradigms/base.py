@@ -165,6 +165,12 @@ class Paradigm:
              else prefix_mask(valid))
         return m if branch is None else m & same_branch(branch)[:, None]
 
+    def training_mask(self, batch: Batch) -> Tensor | None:
+        """Attention mask (B, 1, T, T) of a right-padded training batch: `attention` over whole
+        sequences, branches kept apart. An override may return None for plain causal (the
+        backbone's fast path), as the AR paradigm does."""
+        return self.attention(batch.span, batch.valid, batch.branch)
+
     def prefix_attention(self, batch: Batch) -> Tensor:
         """Attention mask (B, 1, T, T) of a left-padded prompt batch."""
         return self.attention(batch.span, batch.valid)

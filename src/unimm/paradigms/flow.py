@@ -235,7 +235,7 @@ class Flow(Paradigm):
         x0 = torch.randn(x1.shape, generator=generator, device=dev)          # (M, d)
         x_t = t[:, None] * x1 + (1 - t[:, None]) * x0
         extra = {**batch.extra, "target": target, "x_t": x_t, "t": t}
-        h = self.hidden(model, tokens, batch.pos, self.attention(batch.span, batch.valid, batch.branch),
+        h = self.hidden(model, tokens, batch.pos, self.training_mask(batch),
                         extra)                                               # (B, T, D)
         txt = batch.loss[:, 1:] & ~is_code[:, 1:]                            # next token is text
         ce = F.cross_entropy(model.logits(h[:, :-1][txt], 0, v.text_end).float(),

@@ -142,7 +142,7 @@ class Masked(Paradigm):
 
     def loss(self, model: TokenModel, batch: Batch, generator=None):
         extra = {k: x for k, x in batch.extra.items() if k != "labels"}
-        h = self.hidden(model, batch.tokens, batch.pos, self.attention(batch.span, batch.valid, batch.branch),
+        h = self.hidden(model, batch.tokens, batch.pos, self.training_mask(batch),
                         extra)                                              # (B, T, D)
         labels = batch.extra["labels"]
         where = labels != IGNORE
