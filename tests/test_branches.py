@@ -119,3 +119,31 @@ def test_shapes_world_follow_ups_are_other_true_questions_of_the_same_scene():
     assert "followups" not in ShapesWorld("train").example(7, "vqa").meta
     with pytest.raises(ValueError, match="vqa_turns"):
         ShapesWorld("train", vqa_turns=0)
+
+
+def test_extra_kinds_ask_the_hard_kinds_again_after_one_of_each():
+    extra = ("relation", "compare", "relation")
+    w9, w12 = ShapesWorld("train", vqa_turns=9), ShapesWorld("train", vqa_turns=12,
+                                                              vqa_extra_kinds=extra)
+    grew = 0
+    for i in range(60):
+        a, b = w9.example(i, "vqa"), w12.example(i, "vqa")
+        fa, fb = a.meta["followups"], b.meta["followups"]
+        # the same picture and first questions; the extra questions come after
+        assert a.text == b.text and (a.image == b.image).all() and fb[:len(fa)] == fa
+        grew += len(fb) - len(fa)
+        if len(a.scene.objects) >= 2:          # relations can be asked
+            assert len(fb) > len(fa)
+            assert len({q for q, _ in fb}) == len(fb)
+    assert grew > 60
+    with pytest.raises(ValueError, match="unknown question kind"):
+        ShapesWorld("train", vqa_turns=10, vqa_extra_kinds=("colour",))
+
+
+def test_extra_kinds_config_is_checked():
+    from unimm.train.config import DataConfig
+    with pytest.raises(ValueError, match="data.vqa_turns = 11"):
+        DataConfig(vqa_turns=9, vqa_extra_kinds=("relation", "compare"))
+    with pytest.raises(ValueError, match="unknown kind"):
+        DataConfig(vqa_turns=11, vqa_extra_kinds=("relation", "colour"))
+    assert DataConfig(vqa_turns=11, vqa_extra_kinds=("relation", "compare")).vqa_extra_kinds

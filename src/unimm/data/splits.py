@@ -73,19 +73,27 @@ class ShapesWorld:
     tasks = TASKS
 
     def __init__(self, split: str = "train", config: WorldConfig | None = None,
-                 reasoning: bool = False, vqa_turns: int = 1):
+                 reasoning: bool = False, vqa_turns: int = 1,
+                 vqa_extra_kinds: tuple[str, ...] = ()):
         """`reasoning`: training VQA targets describe the scene before the answer
         (`text.with_reasoning`); `vqa_example` called directly keeps the plain answer.
         `vqa_turns`: questions per VQA example through `example` (the first as usual, the rest
-        as follow-up turns about the same picture in `meta["followups"]`)."""
+        as follow-up turns about the same picture in `meta["followups"]`).
+        `vqa_extra_kinds`: kinds asked once more per picture, after one question of every kind
+        (so the hard kinds get more answers per picture)."""
         if vqa_turns < 1:
             raise ValueError(f"vqa_turns must be >= 1, got {vqa_turns}")
+        unknown = sorted(set(vqa_extra_kinds) - set(QUESTION_KINDS))
+        if unknown:
+            raise ValueError(f"unknown question kind(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(QUESTION_KINDS)}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
         self.split = split
         self.config = config or WorldConfig()
         self.reasoning = reasoning
         self.vqa_turns = vqa_turns
+        self.vqa_extra_kinds = tuple(vqa_extra_kinds)
         train = split == "train"
         mode = self.config.holdout
         self.forbid_gen = HOLDOUT_PAIRS if train and mode != "none" else frozenset()
@@ -118,7 +126,7 @@ class ShapesWorld:
                        target_text=caption(s, rng, style), scene=s)
 
     def vqa_example(self, i: int, kind: str | None = None, reasoning: bool = False,
-                    turns: int = 1) -> Example:
+                    turns: int = 1, extra_kinds: tuple[str, ...] = ()) -> Example:
         """Image + question -> answer. The kind (and for yes/no kinds the answer) is drawn
         first; if it cannot be asked about scene(i), a new scene is drawn from this example's
         stream, so kinds are uniform and yes/no exactly balanced in expectation.
@@ -126,7 +134,8 @@ class ShapesWorld:
         turns > 1 adds up to turns - 1 follow-up questions about the same scene, of other
         kinds (each with its own drawn yes/no answer; a kind that cannot be asked is skipped),
         as plain (question, answer) pairs in meta["followups"]: one picture then pays for
-        several answers, as in multi-turn instruction data."""
+        several answers, as in multi-turn instruction data. `extra_kinds` are asked after one
+        question of every other kind, each a fresh question (its own object and yes/no draw)."""
         rng = self.rng(i, "vqa")
         kind = kind or rng.choice(QUESTION_KINDS)
         want = rng.random() < 0.5
@@ -138,8 +147,13 @@ class ShapesWorld:
         if turns > 1:
             others = [k for k in QUESTION_KINDS if k != qa.kind]
             rng.shuffle(others)
-            more = (question(s, rng, k, rng.random() < 0.5) for k in others)
-            meta["followups"] = [(q.question, q.answer) for q in more if q][:turns - 1]
+            asked, fu = {qa.question}, []
+            for k in others + list(extra_kinds):    # a kind that cannot be asked, or a question
+                q = question(s, rng, k, rng.random() < 0.5)  # asked already, is skipped
+                if q and q.question not in asked:
+                    asked.add(q.question)
+                    fu.append((q.question, q.answer))
+            meta["followups"] = fu[:turns - 1]
         return Example("vqa", i, qa.question, image=render(s), target_text=target,
                        scene=s, kind=qa.kind, meta=meta)
 
@@ -172,7 +186,8 @@ class ShapesWorld:
 
     def example(self, i: int, task: str) -> Example:
         if task == "vqa":
-            return self.vqa_example(i, reasoning=self.reasoning, turns=self.vqa_turns)
+            return self.vqa_example(i, reasoning=self.reasoning, turns=self.vqa_turns,
+                                    extra_kinds=self.vqa_extra_kinds)
         fn = {"caption": self.caption_example,
               "t2i": self.t2i_example, "edit": self.edit_example}.get(task)
         if fn is None:

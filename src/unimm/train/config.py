@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..data.splits import WorldConfig
+from ..data.text import QUESTION_KINDS
 from ..model.backbone import BackboneConfig
 from ..paradigms import ParadigmName
 from ..paradigms.ar import ARConfig
@@ -33,12 +34,25 @@ class DataConfig:
     # Questions per training VQA example: the first, then follow-up turns about the same
     # picture (ShapesWorld only). Evaluation always asks one question per picture.
     vqa_turns: int = 1
+    # Question kinds asked once more per picture after one of every kind (e.g. the hardest:
+    # ["relation", "compare"]); vqa_turns must leave room for them all.
+    vqa_extra_kinds: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.vqa_turns < 1:
             raise ValueError(f"vqa_turns must be >= 1, got {self.vqa_turns}")
         if self.vqa_turns > 1 and self.dataset != "shapes":
             raise ValueError("vqa_turns > 1 needs dataset = 'shapes' (a digit has one question to ask)")
+        if self.vqa_extra_kinds:
+            unknown = sorted(set(self.vqa_extra_kinds) - set(QUESTION_KINDS))
+            if unknown:
+                raise ValueError(f"vqa_extra_kinds: unknown kind(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(QUESTION_KINDS)}")
+            need = len(QUESTION_KINDS) + len(self.vqa_extra_kinds)
+            if self.vqa_turns < need:
+                raise ValueError(f"vqa_extra_kinds asks {len(self.vqa_extra_kinds)} more questions "
+                                 f"after one of each of the {len(QUESTION_KINDS)} kinds: set "
+                                 f"data.vqa_turns = {need} (got {self.vqa_turns})")
         if self.vqa_reasoning not in ("none", "caption"):
             raise ValueError(f"vqa_reasoning must be 'none' or 'caption', got {self.vqa_reasoning!r}")
         if self.vqa_reasoning != "none" and self.dataset != "shapes":

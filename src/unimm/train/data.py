@@ -50,7 +50,7 @@ def make_source(data, split: str):
     """The task source a run's data config (train.config.DataConfig) describes."""
     if data.dataset == "shapes":
         return ShapesWorld(split, data.world, reasoning=data.vqa_reasoning != "none",
-                           vqa_turns=data.vqa_turns)
+                           vqa_turns=data.vqa_turns, vqa_extra_kinds=data.vqa_extra_kinds)
     if data.dataset == "digits":
         return DigitsSource(split, data.world.image_size)
     raise ValueError(f"unknown dataset {data.dataset!r}; known: shapes, digits")
