@@ -19,6 +19,13 @@ Notable choices:
   instead of rows of the shared table and head. Text and special tokens keep the plain table
   and head. With 1-D rotary positions this is exactly transformers' Janus layout, so weights
   convert both ways (unimm.interop.janus).
+- Optional codebook features (`code_latents`, the tokenizer's frozen codebook vectors (K, d)):
+  a code's input embedding gains Linear(d, D)(z_c) and its logit gains (Linear(D, d)(h)) . z_c.
+  A plain table learns each of K codes from that code's own (rare) occurrences; in the shipped
+  model a linear probe reads a code's colour from its codebook vector 0.997 of the time but
+  from its learned head row only 0.41, so what the model learns about one red fragment is not
+  shared with the other red fragments. Both maps are zero-initialised, so switching them on
+  when continuing a run changes nothing at first.
 """
 
 from __future__ import annotations
@@ -56,10 +63,11 @@ class CodeMLP(nn.Module):
 class TokenModel(nn.Module):
     def __init__(self, vocab_size: int, cfg: BackboneConfig,
                  image_grid: tuple[int, int] | None = None, code_start: int = 0,
-                 code_mlp: int = 0):
+                 code_mlp: int = 0, code_latents: Tensor | None = None):
         """`code_mlp` > 0: Janus-style code input/output (CodeMLP) with that code embedding
         width for the codes [code_start, vocab_size); the plain table and head then cover
-        only [0, code_start)."""
+        only [0, code_start). `code_latents` (K, d): codebook vectors of the K codes, read in
+        and out through zero-initialised linear maps besides the table (see the module notes)."""
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
@@ -82,6 +90,20 @@ class TokenModel(nn.Module):
                 raise ValueError(f"code_mlp needs codes after the text: code_start={code_start}, "
                                  f"vocab_size={vocab_size}")
             self.codes = CodeMLP(vocab_size - code_start, cfg.dim, code_mlp)
+        self.latent_in = self.latent_out = None
+        if code_latents is not None:
+            k = vocab_size - code_start
+            if code_latents.ndim != 2 or code_latents.shape[0] != k or not 0 < code_start:
+                raise ValueError(f"code_latents must be ({k}, d) for the codes after the text, "
+                                 f"got {tuple(code_latents.shape)} with code_start={code_start}")
+            if code_mlp:
+                raise ValueError("code_latents and code_mlp are two ways to embed codes; pick one")
+            z = code_latents.detach().float()
+            self.register_buffer("code_latents", z / z.norm(dim=1, keepdim=True).clamp_min(1e-6))
+            self.latent_in = nn.Linear(z.shape[1], cfg.dim, bias=False)
+            self.latent_out = nn.Linear(cfg.dim, z.shape[1], bias=False)
+            nn.init.zeros_(self.latent_in.weight)
+            nn.init.zeros_(self.latent_out.weight)
 
     @torch.no_grad()
     def init_codes_from(self, codebook: Tensor, start: int, std: float = 0.02) -> None:
@@ -116,6 +138,9 @@ class TokenModel(nn.Module):
             if bool(is_code.any()):
                 x = x.index_put((is_code,), self.codes.embed_codes(
                     tokens[is_code] - self.code_start).to(x.dtype))
+        if self.latent_in is not None:
+            z = self.code_latents[(tokens - self.code_start).clamp(min=0)]      # (B, T, d)
+            x = x + self.latent_in(z.to(x.dtype)) * is_code[..., None]
         if self.image_pos is not None:
             x = x + self.cell_embedding(pos) * is_code[..., None]
         return x
@@ -129,7 +154,15 @@ class TokenModel(nn.Module):
     def logits(self, h: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
         """(..., D) -> (..., hi - lo): the head restricted to vocabulary rows [lo, hi)."""
         if self.codes is None:
-            return h @ self.head.weight[lo:hi].T
+            out = h @ self.head.weight[lo:hi].T
+            if self.latent_out is not None:
+                cs, hi = self.code_start, self.vocab_size if hi is None else hi
+                if hi > cs:                        # add the codebook term on the code columns
+                    z = self.code_latents[max(lo, cs) - cs:hi - cs].to(h.dtype)   # (V', d)
+                    extra = self.latent_out(h) @ z.T                              # (..., V')
+                    out = torch.cat([out[..., :max(cs - lo, 0)],
+                                     out[..., max(cs - lo, 0):] + extra], dim=-1)
+            return out
         cs, hi = self.code_start, self.vocab_size if hi is None else hi
         parts = []
         if lo < cs:

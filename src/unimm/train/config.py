@@ -141,6 +141,10 @@ class RunConfig:
     # > 0: Janus-style image-code input/output MLPs with this code-embedding width instead of
     # rows of the shared table and head (model/unified.py CodeMLP; needed for the Janus format).
     code_mlp: int = 0
+    # Image codes also read in and scored out through the tokenizer's frozen codebook vectors
+    # (zero-initialised linear maps beside the table; model/unified.py), so codes for similar
+    # patches share what is learned about them. Can be switched on when continuing a run.
+    code_latents: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -150,3 +154,7 @@ class RunConfig:
         if self.code_mlp and self.code_init == "codebook":
             raise ValueError("code_init = 'codebook' initialises rows of the shared table; "
                              "with code_mlp > 0 codes have their own embedding (use 'random')")
+        if self.code_mlp and self.code_latents:
+            raise ValueError("code_latents and code_mlp are two ways to embed codes; pick one")
+        if self.code_latents and self.paradigm == "flow":
+            raise ValueError("code_latents: paradigm 'flow' reads continuous latents, not codes")

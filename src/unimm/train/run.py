@@ -96,7 +96,8 @@ def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
     vocab = Vocab(text_tok.vocab_size, image_tok.codebook_size, tuple(image_tok.grid))
     model = TokenModel(vocab.size, cfg.model, code_start=vocab.code_start,
                        image_grid=vocab.grid if cfg.image_pos == "learned" else None,
-                       code_mlp=cfg.code_mlp)
+                       code_mlp=cfg.code_mlp,
+                       code_latents=image_tok.quantizer.codebook if cfg.code_latents else None)
     if cfg.code_init == "codebook":
         model.init_codes_from(image_tok.quantizer.codebook, vocab.code_start)
     paradigm = build_paradigm(cfg.paradigm, vocab, cfg)
