@@ -110,6 +110,12 @@ class Autoregressive(Paradigm):
         w = None if batch.weight is None else batch.weight[:, 1:][tgt_mask]
         return reduce_loss(ce, tgt_mask, self.cfg.loss_reduction, w), stats
 
+    def loss_share(self, batch: Batch) -> float:
+        if self.cfg.loss_reduction == "sequence":
+            return super().loss_share(batch)
+        tgt = batch.loss[:, 1:]
+        return float(tgt.sum() if batch.weight is None else batch.weight[:, 1:][tgt].sum())
+
     @torch.no_grad()
     def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float = 1.0,
                         sampling: SamplingConfig = SamplingConfig(), generator=None) -> Tensor:

@@ -194,6 +194,13 @@ class Paradigm:
     def loss(self, model: TokenModel, batch: Batch, generator: torch.Generator | None = None):
         raise NotImplementedError
 
+    def loss_share(self, batch: Batch) -> float:
+        """What `loss` averages over in this batch, so that the losses of a batch's row groups
+        (train.length_groups) add up, weighted by their shares, to the loss of the whole batch:
+        here the rows with targets (exact for per-sequence averaging; with per-token averaging
+        a paradigm that knows its targets overrides it, as the AR paradigm does)."""
+        return float(batch.loss.any(1).sum())
+
     # ---- sampling -----------------------------------------------------------------------------
     def function_evaluations(self) -> int:
         """Backbone forwards to sample one image (guidance rows share a forward). Default: one

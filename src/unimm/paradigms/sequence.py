@@ -156,6 +156,11 @@ def image_positions(t0, k: int, grid: tuple[int, int]):
     return (t0 + k, r, c)
 
 
+# Paradigm extras laid out (B, T, ...) like the tokens (the masked paradigm's labels); every
+# other extra is one entry per row (B, ...).
+PER_TOKEN_EXTRAS = frozenset({"labels"})
+
+
 @dataclass
 class Batch:
     tokens: torch.Tensor        # (B, T) long
@@ -174,6 +179,50 @@ class Batch:
                      {k: v.to(device) for k, v in self.extra.items()},
                      None if self.weight is None else self.weight.to(device),
                      None if self.branch is None else self.branch.to(device))
+
+
+    def rows(self, idx: list[int]) -> "Batch":
+        """The batch of rows `idx` of a right-padded batch, trimmed to its own longest row."""
+        n = int(self.valid[idx].sum(1).max())
+        sel = torch.as_tensor(idx, dtype=torch.long, device=self.tokens.device)
+
+        def cut(x):
+            return None if x is None else x[sel, :n]
+        extra = {}
+        for k, v in self.extra.items():
+            if not (torch.is_tensor(v) and v.shape[:1] == self.tokens.shape[:1]):
+                raise ValueError(f"extra input {k!r} is not one row per sequence; cannot split")
+            extra[k] = v[sel.to(v.device), :n] if k in PER_TOKEN_EXTRAS else v[sel.to(v.device)]
+        branch = cut(self.branch)
+        return Batch(cut(self.tokens), cut(self.pos), cut(self.loss), cut(self.span),
+                     cut(self.valid), [self.tasks[i] for i in idx], extra, cut(self.weight),
+                     branch if branch is not None and bool(branch.any()) else None)
+
+
+def split_by_length(lengths: list[int], groups: int) -> list[list[int]]:
+    """Rows grouped (at most `groups` groups, each of rows of similar length) so that padding
+    every group to its own longest row costs the fewest token slots: the best cut of the rows
+    sorted by length, by dynamic programming (B <= a few hundred)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ln = [lengths[i] for i in order]
+    B, inf = len(ln), float("inf")
+    # best[g][j]: least padded area of the first j sorted rows in g groups; cut[g][j]: last start
+    best = [[inf] * (B + 1) for _ in range(groups + 1)]
+    cut = [[0] * (B + 1) for _ in range(groups + 1)]
+    best[0][0] = 0
+    for g in range(1, groups + 1):
+        for j in range(1, B + 1):
+            for i in range(g - 1, j):
+                c = best[g - 1][i] + (j - i) * ln[j - 1]
+                if c < best[g][j]:
+                    best[g][j], cut[g][j] = c, i
+    g = min(range(1, groups + 1), key=lambda k: (best[k][B], k))
+    out, j = [], B
+    while g > 0:
+        i = cut[g][j]
+        out.append(order[i:j])
+        j, g = i, g - 1
+    return [grp for grp in reversed(out) if grp]
 
 
 def collate(seqs: list[Packed], pad: int, tasks: list[str] | None = None,

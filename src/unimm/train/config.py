@@ -91,10 +91,17 @@ class TrainConfig:
     # from, with a fresh optimizer and schedule. Parameters the earlier run lacked (say, a newly
     # enabled zero-initialised module) keep their initialisation and are listed in the log.
     init_from: str = ""
+    # Split each step's batch into at most this many groups of rows of similar length, each
+    # padded to its own longest row: the same objective (Paradigm.loss_share) with less padding
+    # when long rows (several questions per picture) mix with short ones. 1 = one padded batch.
+    length_groups: int = 1
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_steps < 1 or self.lr <= 0:
             raise ValueError("batch_size, max_steps and lr must be positive")
+        if not 1 <= self.length_groups <= self.batch_size:
+            raise ValueError(f"length_groups must lie in [1, batch_size={self.batch_size}], "
+                             f"got {self.length_groups}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..paradigms.sequence import split_by_length
 from ..utils.io import write_text
 from ..utils.plot import curves
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
@@ -128,9 +129,7 @@ class Trainer:
         self.model.train()
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
         gen = torch.Generator(device=self.device).manual_seed(tc.seed * 1_000_003 + self.step)
-        with amp:
-            loss, stats = self.parts.paradigm.loss(self.model, batch, gen)
-        loss.backward()
+        loss, stats = self._loss_backward(batch, gen, amp)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -141,6 +140,36 @@ class Trainer:
         self.step += 1
         return {"loss": loss.item(), "lr": lr, "grad_norm": float(gnorm),
                 "tokens": int(batch.valid.sum()), **stats}
+
+    def _loss_backward(self, batch, gen, amp) -> tuple[torch.Tensor, dict]:
+        """Loss of the batch and its gradients. With train.length_groups > 1 the rows go in
+        groups of similar length, each padded to its own longest row only, and the groups'
+        losses are weighted by their share of what the loss averages over
+        (Paradigm.loss_share), so the step trains the same objective with less padding."""
+        par = self.parts.paradigm
+        groups = self.cfg.train.length_groups
+        if groups <= 1:
+            with amp:
+                loss, stats = par.loss(self.model, batch, gen)
+            loss.backward()
+            return loss, stats
+        parts = [batch.rows(g) for g in split_by_length(batch.valid.sum(1).tolist(), groups)]
+        shares = [par.loss_share(p) for p in parts]
+        total, out, sums = sum(shares), 0.0, {}
+        for p, sh in zip(parts, shares):
+            if sh == 0:
+                continue
+            with amp:
+                loss, stats = par.loss(self.model, p, gen)
+            (loss * (sh / total)).backward()
+            out = out + loss.detach() * (sh / total)
+            for k, v in stats.items():
+                sums.setdefault(k, (0.0, 0.0))
+                if v == v:                                   # not NaN: this group has such targets
+                    a, w = sums.get(k, (0.0, 0.0))
+                    sums[k] = (a + v * sh, w + sh)
+        stats = {k: a / w if w else float("nan") for k, (a, w) in sums.items()}
+        return torch.as_tensor(out), stats
 
     def evaluate(self, quick: bool = True) -> dict:
         from ..eval.evaluate import evaluate
