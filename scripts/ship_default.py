@@ -28,7 +28,9 @@ BARS = {"vqa/overall": 0.97, "caption/scene_correct": 0.97, "t2i/full_scene": 0.
         "edit/success": 0.85}
 KIND_BAR = 0.93
 STAGE_CONFIGS = {"shapes-ar": "configs/shapes_ar.toml", "shapes-ar2": "configs/shapes_ar_stage2.toml",
-                 "shapes-ar4": "configs/shapes_ar_stage4.toml", "shapes-ar5": "configs/shapes_ar_stage5.toml"}
+                 "shapes-ar4": "configs/shapes_ar_stage4.toml", "shapes-ar5": "configs/shapes_ar_stage5.toml",
+                 "shapes-ar6": "configs/shapes_ar_stage6.toml",
+                 "shapes-ar7-draw": "configs/shapes_ar_stage7_draw.toml"}
 
 
 def _stages(run: Path) -> list[tuple[Path, dict, dict]]:
@@ -86,11 +88,13 @@ def card(run: Path, digits: Path | None) -> str:
         f"trained {tok['train_seconds']:.0f} s; test reconstructions read exactly by the judge "
         f"{_fmt(tok['test']['judge_exact'])}, PSNR {tok['test']['psnr']:.1f} dB, codebook usage {_fmt(tok['test']['usage'])}.",
         f"- Text: byte-level BPE, {json.loads((run / 'config.json').read_text())['vocab']['n_text']} tokens.",
-        f"- Data: ShapesWorld train split, task mixture caption {cfg['data']['caption']} / VQA {cfg['data']['vqa']} / "
-        f"text-to-image {cfg['data']['t2i']} / editing {cfg['data']['edit']}; hold-out mode `{cfg['data']['world']['holdout']}` "
+        f"- Data: ShapesWorld train split, task mixture of the last stage caption {cfg['data']['caption']} / VQA {cfg['data']['vqa']} / "
+        f"text-to-image {cfg['data']['t2i']} / editing {cfg['data']['edit']} (earlier stages: their configs); hold-out mode `{cfg['data']['world']['holdout']}` "
         "(five colour-shape pairs never drawn as targets)"
         + "".join(f"; {c['data'].get('vqa_turns', 1)} questions per VQA picture in `{c['name']}` "
-                  "(`data.vqa_turns`, one branch each)" for _, c, _ in stages
+                  "(`data.vqa_turns`, one branch each"
+                  + (f"; asked again: {', '.join(c['data']['vqa_extra_kinds'])}"
+                     if c["data"].get("vqa_extra_kinds") else "") + ")" for _, c, _ in stages
                   if c["data"].get("vqa_turns", 1) > 1) + ".",
         f"- Training: {st['step']} steps of batch {cfg['train']['batch_size']}, AdamW lr {cfg['train']['lr']} "
         f"(warm-up {cfg['train']['warmup_steps']}, cosine to {cfg['train']['min_lr_ratio']}x over {st['max_steps']} steps), "
