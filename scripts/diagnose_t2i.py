@@ -80,7 +80,7 @@ def code_logits(pipe, rows):
     """(R, N, K) code logits at each target image position of each packed row."""
     v, model, par = pipe.paradigm.vocab, pipe.model, pipe.paradigm
     b = collate(rows, v.pad)
-    h = par.hidden(model, b.tokens, b.pos, None, {})
+    h = par.hidden(model, b.tokens, b.pos, par.training_mask(b), b.extra)
     out = []
     for r in range(len(rows)):
         tgt = b.tokens[r, 1:]

@@ -144,6 +144,6 @@ def test_extra_kinds_config_is_checked():
     from unimm.train.config import DataConfig
     with pytest.raises(ValueError, match="data.vqa_turns = 11"):
         DataConfig(vqa_turns=9, vqa_extra_kinds=("relation", "compare"))
-    with pytest.raises(ValueError, match="unknown kind"):
+    with pytest.raises(ValueError, match="unknown question kind"):
         DataConfig(vqa_turns=11, vqa_extra_kinds=("relation", "colour"))
     assert DataConfig(vqa_turns=11, vqa_extra_kinds=("relation", "compare")).vqa_extra_kinds

@@ -67,6 +67,14 @@ class Example:
 CAPTION_PROMPT = "Describe the picture."
 
 
+def check_question_kinds(kinds, what: str = "vqa_extra_kinds") -> None:
+    """Raise a clear error when `kinds` names a question kind ShapesWorld does not ask."""
+    unknown = sorted(set(kinds) - set(QUESTION_KINDS))
+    if unknown:
+        raise ValueError(f"{what}: unknown question kind(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(QUESTION_KINDS)}")
+
+
 class ShapesWorld:
     """Deterministic, index-addressable ShapesWorld split."""
 
@@ -83,10 +91,7 @@ class ShapesWorld:
         (so the hard kinds get more answers per picture)."""
         if vqa_turns < 1:
             raise ValueError(f"vqa_turns must be >= 1, got {vqa_turns}")
-        unknown = sorted(set(vqa_extra_kinds) - set(QUESTION_KINDS))
-        if unknown:
-            raise ValueError(f"unknown question kind(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(QUESTION_KINDS)}")
+        check_question_kinds(vqa_extra_kinds)
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
         self.split = split
@@ -148,8 +153,9 @@ class ShapesWorld:
             others = [k for k in QUESTION_KINDS if k != qa.kind]
             rng.shuffle(others)
             asked, fu = {qa.question}, []
-            for k in others + list(extra_kinds):    # a kind that cannot be asked, or a question
-                q = question(s, rng, k, rng.random() < 0.5)  # asked already, is skipped
+            for k in others + list(extra_kinds):
+                q = question(s, rng, k, rng.random() < 0.5)
+                # a kind that cannot be asked, or a question asked already, is skipped
                 if q and q.question not in asked:
                     asked.add(q.question)
                     fu.append((q.question, q.answer))

@@ -153,23 +153,24 @@ class TokenModel(nn.Module):
 
     def logits(self, h: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
         """(..., D) -> (..., hi - lo): the head restricted to vocabulary rows [lo, hi)."""
-        if self.codes is None:
-            out = h @ self.head.weight[lo:hi].T
-            if self.latent_out is not None:
-                cs, hi = self.code_start, self.vocab_size if hi is None else hi
-                if hi > cs:                        # add the codebook term on the code columns
-                    z = self.code_latents[max(lo, cs) - cs:hi - cs].to(h.dtype)   # (V', d)
-                    extra = self.latent_out(h) @ z.T                              # (..., V')
-                    out = torch.cat([out[..., :max(cs - lo, 0)],
-                                     out[..., max(cs - lo, 0):] + extra], dim=-1)
-            return out
+        if self.codes is None and self.latent_out is None:
+            return h @ self.head.weight[lo:hi].T
         cs, hi = self.code_start, self.vocab_size if hi is None else hi
         parts = []
         if lo < cs:
             parts.append(h @ self.head.weight[lo:min(hi, cs)].T)
         if hi > cs:
-            parts.append(self.codes.logits(h)[..., max(lo, cs) - cs:hi - cs])
+            parts.append(self._code_logits(h, max(lo, cs) - cs, hi - cs))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def _code_logits(self, h: Tensor, lo: int, hi: int) -> Tensor:
+        """(..., D) -> (..., hi - lo): logits of image codes [lo, hi) (code indices, not
+        vocabulary ids) when codes have their own input/output (code_mlp or code_latents)."""
+        if self.codes is not None:
+            return self.codes.logits(h)[..., lo:hi]
+        cs = self.code_start
+        z = self.code_latents[lo:hi].to(h.dtype)                            # (V', d)
+        return h @ self.head.weight[cs + lo:cs + hi].T + self.latent_out(h) @ z.T
 
     def forward(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.logits(self.hidden(tokens, pos, mask))

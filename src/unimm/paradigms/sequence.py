@@ -180,7 +180,6 @@ class Batch:
                      None if self.weight is None else self.weight.to(device),
                      None if self.branch is None else self.branch.to(device))
 
-
     def rows(self, idx: list[int]) -> "Batch":
         """The batch of rows `idx` of a right-padded batch, trimmed to its own longest row."""
         n = int(self.valid[idx].sum(1).max())

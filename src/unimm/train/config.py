@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..data.splits import WorldConfig
+from ..data.splits import WorldConfig, check_question_kinds
 from ..data.text import QUESTION_KINDS
 from ..model.backbone import BackboneConfig
 from ..paradigms import ParadigmName
@@ -44,10 +44,7 @@ class DataConfig:
         if self.vqa_turns > 1 and self.dataset != "shapes":
             raise ValueError("vqa_turns > 1 needs dataset = 'shapes' (a digit has one question to ask)")
         if self.vqa_extra_kinds:
-            unknown = sorted(set(self.vqa_extra_kinds) - set(QUESTION_KINDS))
-            if unknown:
-                raise ValueError(f"vqa_extra_kinds: unknown kind(s) {', '.join(unknown)}; "
-                                 f"known: {', '.join(QUESTION_KINDS)}")
+            check_question_kinds(self.vqa_extra_kinds)
             need = len(QUESTION_KINDS) + len(self.vqa_extra_kinds)
             if self.vqa_turns < need:
                 raise ValueError(f"vqa_extra_kinds asks {len(self.vqa_extra_kinds)} more questions "

@@ -164,10 +164,8 @@ class Trainer:
             (loss * (sh / total)).backward()
             out = out + loss.detach() * (sh / total)
             for k, v in stats.items():
-                sums.setdefault(k, (0.0, 0.0))
-                if v == v:                                   # not NaN: this group has such targets
-                    a, w = sums.get(k, (0.0, 0.0))
-                    sums[k] = (a + v * sh, w + sh)
+                a, w = sums.get(k, (0.0, 0.0))
+                sums[k] = (a + v * sh, w + sh) if v == v else (a, w)   # NaN: no such targets
         stats = {k: a / w if w else float("nan") for k, (a, w) in sums.items()}
         return torch.as_tensor(out), stats
 
