@@ -56,6 +56,21 @@ def test_holdout_mode_none_and_eval_splits_contain_them():
         ShapesWorld("train").holdout_t2i_example(0)
 
 
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_eval_generation_examples_are_in_distribution(split):
+    # the headline drawing metrics measure the combinations training drew; hold-out pairs are
+    # measured on their own (above). Understanding scenes of val/test still show them.
+    w = ShapesWorld(split)
+    for i in range(300):
+        assert not w.t2i_example(i).target_scene.has_holdout()
+        e = w.edit_example(i)
+        assert not (e.scene.has_holdout() or e.target_scene.has_holdout())
+    assert any(w.scene(i).has_holdout() for i in range(200))
+    # with no hold-out they are drawn like any other pair
+    free = ShapesWorld(split, WorldConfig(holdout="none"))
+    assert any(free.t2i_example(i).target_scene.has_holdout() for i in range(100))
+
+
 def test_geneval_prompts_and_targets():
     import random
     rng = random.Random(0)

@@ -77,7 +77,8 @@ def evaluate(pipe, split: str = "test", cfg=None, quick: bool = False, progress:
     steps.update()
 
     # GenEval-style suite
-    suite = prompt_suite(_n(cfg.n_geneval, cfg, quick), seed=_SUITE_SEED[split])
+    suite = prompt_suite(_n(cfg.n_geneval, cfg, quick), seed=_SUITE_SEED[split],
+                         forbid=world.forbid_gen)
     imgs = pipe.draw([p.text for p in suite])
     out.update({f"geneval/{k}": v for k, v in
                 M.geneval_scores(suite, judge_batch(np.stack(imgs))).items()})
