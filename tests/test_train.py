@@ -224,3 +224,33 @@ def test_several_questions_per_picture_train(tiny_tokenizer, tmp_path):
     for bad in ("data.vqa_turns=0", "data.dataset=digits"):
         with pytest.raises(ValueError, match="vqa_turns"):
             tiny(tiny_tokenizer, "data.vqa_turns=2", bad)
+
+
+def test_data_offset_reads_later_examples():
+    from unimm.train.config import TrainConfig
+    from unimm.train.data import TaskStream
+
+    class Rec:                     # records which examples a stream asks for
+        def __init__(self):
+            self.asked = []
+
+        def example(self, i, task):
+            self.asked.append((i, task))
+            return i
+
+    class Id:
+        def turns(self, xs):
+            return xs
+
+    class Par:
+        def make_batch(self, turns, rng):
+            return turns
+
+    a, b = Rec(), Rec()
+    TaskStream(a, Id(), Par(), {"t2i": 1.0, "edit": 1.0}, 4, 0).batch(3)
+    TaskStream(b, Id(), Par(), {"t2i": 1.0, "edit": 1.0}, 4, 0, offset=1000).batch(3)
+    assert [i for i, _ in a.asked] == [12, 13, 14, 15]
+    assert [i for i, _ in b.asked] == [1012, 1013, 1014, 1015]
+    assert [t for _, t in a.asked] == [t for _, t in b.asked]   # the task draw is unchanged
+    with pytest.raises(ValueError, match="data_offset"):
+        TrainConfig(data_offset=-1)

@@ -92,10 +92,15 @@ class TrainConfig:
     # padded to its own longest row: the same objective (Paradigm.loss_share) with less padding
     # when long rows (several questions per picture) mix with short ones. 1 = one padded batch.
     length_groups: int = 1
+    # Index of the first training example (batch s holds examples data_offset + s*B ..): a
+    # continued stage can read examples its earlier stages never saw (each starts at step 0).
+    data_offset: int = 0
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_steps < 1 or self.lr <= 0:
             raise ValueError("batch_size, max_steps and lr must be positive")
+        if not 0 <= self.data_offset <= 900_000_000:
+            raise ValueError(f"data_offset must lie in [0, 900000000], got {self.data_offset}")
         if not 1 <= self.length_groups <= self.batch_size:
             raise ValueError(f"length_groups must lie in [1, batch_size={self.batch_size}], "
                              f"got {self.length_groups}")

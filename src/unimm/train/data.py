@@ -1,8 +1,9 @@
 """Training data: task sources (ShapesWorld, digits) -> examples -> token turns -> batches.
 
-The stream is a pure function of (seed, step): batch s holds examples s*B .. s*B+B-1 of the
-train split, each task drawn from the mixture by a generator seeded with (seed, s). Resuming at
-step s therefore reproduces the exact batch without saving any RNG state.
+The stream is a pure function of (seed, offset, step): batch s holds examples
+offset+s*B .. offset+s*B+B-1 of the train split, each task drawn from the mixture by a generator
+seeded with (seed, s). Resuming at step s therefore reproduces the exact batch without saving
+any RNG state.
 """
 
 from __future__ import annotations
@@ -103,15 +104,16 @@ class Encoder:
 
 class TaskStream:
     def __init__(self, source, encoder: Encoder, paradigm: Paradigm, weights: dict[str, float],
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, offset: int = 0):
         self.source, self.enc, self.paradigm = source, encoder, paradigm
+        self.offset = offset
         self.tasks = list(weights)
         self.weights = [weights[t] for t in self.tasks]
         self.B, self.seed = batch_size, seed
 
     def batch(self, step: int) -> Batch:
         rng = random.Random(self.seed * 1_000_003 + step)
-        idx = range(step * self.B, (step + 1) * self.B)
+        idx = range(self.offset + step * self.B, self.offset + (step + 1) * self.B)
         tasks = rng.choices(self.tasks, self.weights, k=self.B)
         examples = [self.source.example(i, t) for i, t in zip(idx, tasks)]
         return self.paradigm.make_batch(self.enc.turns(examples), rng)

@@ -64,7 +64,7 @@ class Trainer:
         self.opt = _optimizer(self.model, tc)
         self.stream = TaskStream(make_source(cfg.data, "train"),
                                  Encoder(text_tok, image_tok), self.parts.paradigm,
-                                 cfg.data.weights(), tc.batch_size, tc.seed)
+                                 cfg.data.weights(), tc.batch_size, tc.seed, tc.data_offset)
         self.step, self.max_steps, self.elapsed = 0, tc.max_steps, 0.0
         self.horizon_fixed = False
         self.history: list[dict] = []
