@@ -147,3 +147,84 @@ def test_extra_kinds_config_is_checked():
     with pytest.raises(ValueError, match="unknown question kind"):
         DataConfig(vqa_turns=11, vqa_extra_kinds=("relation", "colour"))
     assert DataConfig(vqa_turns=11, vqa_extra_kinds=("relation", "compare")).vqa_extra_kinds
+
+
+# ---- edit branches: several edits of one source picture ---------------------------------------
+
+def edit_turn(r, n_follow):
+    def ids(lo, hi):
+        return [r.randrange(V.n_text) for _ in range(r.randint(lo, hi))]
+
+    def img():
+        return [r.randrange(V.n_codes) for _ in range(V.n_image)]
+    return Turn("edit", ids(1, 5), img(), None, img(),
+                followups=tuple((ids(1, 5), img()) for _ in range(n_follow)))
+
+
+def edits_alone(t: Turn) -> list[Turn]:
+    return [Turn("edit", t.text, t.image, None, t.target_image)] + \
+           [Turn("edit", q, t.image, None, c) for q, c in t.followups]
+
+
+@pytest.mark.parametrize("uncond", [False, True])
+def test_each_edit_branch_computes_what_its_edit_alone_computes(uncond):
+    from unimm.paradigms.base import drop_condition
+    par, m = Autoregressive(V), model(5)
+    r = random.Random(1)
+    turns = [edit_turn(r, 2), edit_turn(r, 0), edit_turn(r, 1)]
+    if uncond:              # the guidance twin drops every instruction, keeps every target
+        turns = [drop_condition(t) for t in turns]
+    batch = collate([format_turn(V, t) for t in turns], V.pad)
+    h = par.hidden(m, batch.tokens, batch.pos, par.training_mask(batch), {})
+    n_codes = 0
+    for b, t in enumerate(turns):
+        valid = batch.valid[b]
+        br = batch.branch[b][valid].tolist()
+        pieces = edits_alone(t)
+        for k, one in enumerate(pieces, start=1 if t.followups else 0):
+            if uncond:
+                assert one.text == []
+            single = collate([format_turn(V, one)], V.pad)
+            hs = par.hidden(m, single.tokens, single.pos, par.training_mask(single), {})[0]
+            idx = [i for i, x in enumerate(br) if x in (0, k)]
+            assert batch.tokens[b][valid][idx].tolist() == single.tokens[0].tolist()
+            assert batch.pos[b][valid][idx].tolist() == single.pos[0].tolist()
+            assert batch.loss[b][valid][idx].tolist() == single.loss[0].tolist()
+            torch.testing.assert_close(h[b][valid][idx], hs, atol=2e-5, rtol=1e-4)
+            n_codes += int(single.loss[0].sum())
+    assert int(batch.loss.sum()) == n_codes     # every target image is learned, once
+
+
+def test_shapes_world_edit_branches_are_other_edits_of_the_same_source():
+    from unimm.data.shapes import HOLDOUT_PAIRS
+    from unimm.eval.judge import judge
+    w1, w3 = ShapesWorld("train"), ShapesWorld("train", edit_turns=3)
+    n_more = 0
+    for i in range(80):
+        a, e = w1.example(i, "edit"), w3.example(i, "edit")
+        # the first edit is the one-edit example's: edit_turns only adds edits
+        assert (a.text, a.scene, a.target_scene) == (e.text, e.scene, e.target_scene)
+        fu, scenes = e.meta["followups"], e.meta["followup_scenes"]
+        assert 1 <= len(fu) <= 2 and len(scenes) == len(fu)
+        texts = [e.text] + [q for q, _ in fu]
+        targets = [e.target_scene.key()] + [s.key() for s in scenes]
+        assert len(set(texts)) == len(texts) and len(set(targets)) == len(targets)
+        for (q, img), s in zip(fu, scenes):
+            assert s != e.scene and judge(img).key() == s.key()
+            assert not (s.pairs() & HOLDOUT_PAIRS)        # still never a hold-out target
+        n_more += len(fu)
+    assert n_more > 140
+    assert "followups" not in a.meta
+    with pytest.raises(ValueError, match="edit_turns"):
+        ShapesWorld("train", edit_turns=0)
+
+
+def test_edit_branches_config_is_checked():
+    from unimm.train.config import DataConfig, RunConfig
+    with pytest.raises(ValueError, match="edit_turns must be >= 1"):
+        DataConfig(edit_turns=0)
+    with pytest.raises(ValueError, match="digits have no editing"):
+        DataConfig(dataset="digits", edit_turns=2)
+    with pytest.raises(ValueError, match="data.edit_turns = 1"):
+        RunConfig(paradigm="masked", data=DataConfig(edit_turns=2))
+    assert RunConfig(data=DataConfig(edit_turns=2)).data.edit_turns == 2

@@ -226,6 +226,23 @@ def test_several_questions_per_picture_train(tiny_tokenizer, tmp_path):
             tiny(tiny_tokenizer, "data.vqa_turns=2", bad)
 
 
+def test_several_edits_per_picture_train(tiny_tokenizer, tmp_path):
+    """data.edit_turns: edit rows carry branches whose target codes are the follow-up edits'
+    pictures, and a step trains."""
+    import math
+    cfg = tiny(tiny_tokenizer, "data.edit_turns=3", "data.caption=0", "data.t2i=0",
+               "data.vqa=0")
+    tr = Trainer(cfg, tmp_path / "me", progress=False)
+    batch = tr.stream.batch(0)
+    assert batch.branch is not None and int(batch.branch.max()) == 3
+    v = tr.parts.paradigm.vocab
+    # every row learns one image per edit: first edit plus its follow-ups
+    n_img = (batch.loss & (batch.tokens >= v.code_start)).sum(1)
+    n_edits = batch.branch.amax(1).clamp(min=1)
+    assert (n_img == n_edits * v.n_image).all()
+    assert math.isfinite(tr.train_step()["loss"])
+
+
 def test_data_offset_reads_later_examples():
     from unimm.train.config import TrainConfig
     from unimm.train.data import TaskStream

@@ -88,15 +88,19 @@ class ShapesWorld:
 
     def __init__(self, split: str = "train", config: WorldConfig | None = None,
                  reasoning: bool = False, vqa_turns: int = 1,
-                 vqa_extra_kinds: tuple[str, ...] = ()):
+                 vqa_extra_kinds: tuple[str, ...] = (), edit_turns: int = 1):
         """`reasoning`: training VQA targets describe the scene before the answer
         (`text.with_reasoning`); `vqa_example` called directly keeps the plain answer.
         `vqa_turns`: questions per VQA example through `example` (the first as usual, the rest
         as follow-up turns about the same picture in `meta["followups"]`).
         `vqa_extra_kinds`: kinds asked once more per picture, after one question of every kind
-        (so the hard kinds get more answers per picture)."""
+        (so the hard kinds get more answers per picture).
+        `edit_turns`: edits per editing example through `example` (several edits of one source
+        picture, the rest in `meta["followups"]`)."""
         if vqa_turns < 1:
             raise ValueError(f"vqa_turns must be >= 1, got {vqa_turns}")
+        if edit_turns < 1:
+            raise ValueError(f"edit_turns must be >= 1, got {edit_turns}")
         check_question_kinds(vqa_extra_kinds)
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
@@ -105,6 +109,7 @@ class ShapesWorld:
         self.reasoning = reasoning
         self.vqa_turns = vqa_turns
         self.vqa_extra_kinds = tuple(vqa_extra_kinds)
+        self.edit_turns = edit_turns
         train = split == "train"
         mode = self.config.holdout
         # generation targets avoid the hold-out pairs in every split (val/test measure them
@@ -187,23 +192,43 @@ class ShapesWorld:
         return Example("t2i", i, caption(s, rng, None), target_image=render(s), target_scene=s,
                        kind="full_scene")
 
-    def edit_example(self, i: int, kind: str | None = None) -> Example:
+    def edit_example(self, i: int, kind: str | None = None, turns: int = 1) -> Example:
+        """Image + instruction -> image. turns > 1 adds up to turns - 1 further edits of the
+        same source picture (kinds in random order; an edit that cannot be made, or repeats an
+        instruction or a result, is skipped) as (instruction, target image) pairs in
+        meta["followups"], their scenes in meta["followup_scenes"]: each is learned as a branch
+        that sees the source and its own instruction only, so one picture teaches which object
+        each instruction names."""
         rng = self.rng(i, "edit")
         n = self.config.image_size
         e: Edit | None = None
         while e is None:
             s = sample_scene(rng, n, forbid=self.forbid_gen)
             e = edit(s, rng, kind or rng.choice(EDIT_KINDS), forbid=self.forbid_gen)
+        meta: dict = {}
+        if turns > 1:
+            kinds = list(EDIT_KINDS)
+            rng.shuffle(kinds)
+            seen, more = {e.instruction, e.target.key()}, []
+            for k in kinds:
+                f = edit(e.source, rng, k, forbid=self.forbid_gen)
+                if f is not None and not {f.instruction, f.target.key()} & seen:
+                    seen |= {f.instruction, f.target.key()}
+                    more.append(f)
+            more = more[:turns - 1]
+            meta = {"followups": [(f.instruction, render(f.target)) for f in more],
+                    "followup_scenes": [f.target for f in more]}
         return Example("edit", i, e.instruction, image=render(e.source),
                        target_image=render(e.target), scene=e.source, target_scene=e.target,
-                       kind=e.kind)
+                       kind=e.kind, meta=meta)
 
     def example(self, i: int, task: str) -> Example:
         if task == "vqa":
             return self.vqa_example(i, reasoning=self.reasoning, turns=self.vqa_turns,
                                     extra_kinds=self.vqa_extra_kinds)
-        fn = {"caption": self.caption_example,
-              "t2i": self.t2i_example, "edit": self.edit_example}.get(task)
+        if task == "edit":
+            return self.edit_example(i, turns=self.edit_turns)
+        fn = {"caption": self.caption_example, "t2i": self.t2i_example}.get(task)
         if fn is None:
             raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
         return fn(i)

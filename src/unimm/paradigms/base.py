@@ -38,8 +38,9 @@ class Turn:
     # description); the reasoning and the final answer (with <eos>) then weigh the same in
     # the loss, so a one-word answer is not drowned by the sentence before it. None = plain.
     answer_from: int | None = None
-    # Follow-up (question ids, answer ids) turns about the same input image, after the first
-    # answer (training only: multi-turn VQA); samplers never see them.
+    # Follow-up turns about the same input image, after the first target (training only;
+    # samplers never see them): (question ids, answer ids) for VQA, (instruction ids, target
+    # codes) for editing.
     followups: tuple = ()
 
 
@@ -64,6 +65,9 @@ def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
             b.text(a, loss=True).special("<eos>", loss=True)
     elif with_target:
         b.image(turn.target_image, loss=True).special("<eos>", loss=True)
+        for q, codes in turn.followups:     # further edits of the same source: branches
+            b.branch().special("<user>").text(q).special("<asst>")
+            b.image(codes, loss=True).special("<eos>", loss=True)
     else:
         b.special("<boi>")
     return b.build()
@@ -71,9 +75,9 @@ def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
 
 def drop_condition(turn: Turn) -> Turn:
     """The unconditional twin of a generation turn, for classifier-free guidance: the text is
-    dropped, an input image (editing) is kept."""
+    dropped (every follow-up edit's instruction too), an input image (editing) is kept."""
     return Turn(turn.task, [], turn.image, turn.answer, turn.target_image, turn.pixels,
-                turn.answer_from, turn.followups)
+                turn.answer_from, tuple(([], codes) for _, codes in turn.followups))
 
 
 def reduce_loss(per_target: Tensor, where: Tensor, how: str = "token",

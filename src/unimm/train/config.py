@@ -37,10 +37,17 @@ class DataConfig:
     # Question kinds asked once more per picture after one of every kind (e.g. the hardest:
     # ["relation", "compare"]); vqa_turns must leave room for them all.
     vqa_extra_kinds: tuple[str, ...] = ()
+    # Edits per training editing example: several edits of one source picture, each a branch
+    # that sees the source and its own instruction (ShapesWorld, paradigm "ar").
+    edit_turns: int = 1
 
     def __post_init__(self):
         if self.vqa_turns < 1:
             raise ValueError(f"vqa_turns must be >= 1, got {self.vqa_turns}")
+        if self.edit_turns < 1:
+            raise ValueError(f"edit_turns must be >= 1, got {self.edit_turns}")
+        if self.edit_turns > 1 and self.dataset != "shapes":
+            raise ValueError("edit_turns > 1 needs dataset = 'shapes' (digits have no editing)")
         if self.vqa_turns > 1 and self.dataset != "shapes":
             raise ValueError("vqa_turns > 1 needs dataset = 'shapes' (a digit has one question to ask)")
         if self.vqa_extra_kinds:
@@ -165,5 +172,9 @@ class RunConfig:
                              "with code_mlp > 0 codes have their own embedding (use 'random')")
         if self.code_mlp and self.code_latents:
             raise ValueError("code_latents and code_mlp are two ways to embed codes; pick one")
+        if self.data.edit_turns > 1 and self.paradigm != "ar":
+            raise ValueError(f"data.edit_turns > 1 (edit branches) is for paradigm 'ar'; "
+                             f"paradigm {self.paradigm!r} trains one edit per picture: set "
+                             f"data.edit_turns = 1")
         if self.code_latents and self.paradigm == "flow":
             raise ValueError("code_latents: paradigm 'flow' reads continuous latents, not codes")

@@ -51,7 +51,8 @@ def make_source(data, split: str):
     """The task source a run's data config (train.config.DataConfig) describes."""
     if data.dataset == "shapes":
         return ShapesWorld(split, data.world, reasoning=data.vqa_reasoning != "none",
-                           vqa_turns=data.vqa_turns, vqa_extra_kinds=data.vqa_extra_kinds)
+                           vqa_turns=data.vqa_turns, vqa_extra_kinds=data.vqa_extra_kinds,
+                           edit_turns=data.edit_turns)
     if data.dataset == "digits":
         return DigitsSource(split, data.world.image_size)
     raise ValueError(f"unknown dataset {data.dataset!r}; known: shapes, digits")
@@ -75,8 +76,13 @@ class Encoder:
 
     def turns(self, examples: list[Example]) -> list[Turn]:
         imgs = [e.image for e in examples if e.image is not None]
+        # targets, then every follow-up's target image (edit branches), in one encoder call
         tgts = [e.target_image for e in examples if e.target_image is not None]
-        img_codes, tgt_codes = iter(self.codes(imgs)), iter(self.codes(tgts))
+        tgts += [a for e in examples for _, a in e.meta.get("followups", ())
+                 if isinstance(a, np.ndarray)]
+        codes, n_tgt = self.codes(tgts), sum(e.target_image is not None for e in examples)
+        img_codes, tgt_codes = iter(self.codes(imgs)), iter(codes[:n_tgt])
+        fu_codes = iter(codes[n_tgt:])
         out = []
         for e in examples:
             answer, start = self.answer_ids(e)
@@ -85,7 +91,8 @@ class Encoder:
                 next(img_codes) if e.image is not None else None,
                 answer, next(tgt_codes) if e.target_image is not None else None,
                 e.image, start,
-                tuple((self.ids(q), self.ids(a)) for q, a in e.meta.get("followups", ()))))
+                tuple((self.ids(q), next(fu_codes) if isinstance(a, np.ndarray) else self.ids(a))
+                      for q, a in e.meta.get("followups", ()))))
         return out
 
     def answer_ids(self, e: Example) -> tuple[list[int] | None, int | None]:
