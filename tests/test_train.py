@@ -271,3 +271,18 @@ def test_data_offset_reads_later_examples():
     assert [t for _, t in a.asked] == [t for _, t in b.asked]   # the task draw is unchanged
     with pytest.raises(ValueError, match="data_offset"):
         TrainConfig(data_offset=-1)
+
+
+def test_bench_decoding_measures_every_setting(tiny_run, tmp_path):
+    from unimm.bench.decoding import SETTINGS
+    d, _ = tiny_run
+    out = tmp_path / "dec.json"
+    r = subprocess.run([sys.executable, "-m", "unimm", "bench", "decoding", "--run", str(d),
+                        "--n-t2i", "2", "--n-edit", "2", "--n-geneval", "1", "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert len(res["rows"]) == len(SETTINGS) and res["n_geneval"] == 6
+    for row in res["rows"]:
+        for k in ("t2i_full_scene", "geneval_overall", "edit_success"):
+            assert 0.0 <= row[k] <= 1.0

@@ -351,12 +351,13 @@ def bench_world_cmd(
 def bench_decoding_cmd(
     run: Optional[Path] = typer.Option(None, help=RUN_HELP),
     n_t2i: int = typer.Option(150, min=1), n_edit: int = typer.Option(100, min=1),
+    n_geneval: int = typer.Option(20, min=1, help="GenEval-style prompts per category."),
     out: Path = typer.Option(Path("results/bench_decoding.json"), "-o", "--out"),
 ):
     """Image-sampling settings (greedy / temperature / nucleus, guidance) measured on val."""
     from ..bench.decoding import bench_decoding
     from ..utils.io import write_json
-    r = bench_decoding(_pipe(run), n_t2i, n_edit)
+    r = bench_decoding(_pipe(run), n_t2i, n_edit, n_geneval)
     write_json(out, r)
     typer.echo(f"wrote {out}")
 
