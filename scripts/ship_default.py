@@ -30,7 +30,10 @@ KIND_BAR = 0.93
 STAGE_CONFIGS = {"shapes-ar": "configs/shapes_ar.toml", "shapes-ar2": "configs/shapes_ar_stage2.toml",
                  "shapes-ar4": "configs/shapes_ar_stage4.toml", "shapes-ar5": "configs/shapes_ar_stage5.toml",
                  "shapes-ar6": "configs/shapes_ar_stage6.toml",
-                 "shapes-ar7-draw": "configs/shapes_ar_stage7_draw.toml"}
+                 "shapes-ar7-draw": "configs/shapes_ar_stage7_draw.toml",
+                 "shapes-ar8": "configs/shapes_ar_stage8.toml",
+                 "shapes-ar9": "configs/shapes_ar_stage9_edit.toml",
+                 "shapes-ar10": "configs/shapes_ar_stage10.toml"}
 
 
 def _stages(run: Path) -> list[tuple[Path, dict, dict]]:
@@ -158,7 +161,8 @@ def card(run: Path, digits: Path | None) -> str:
               "images), and it does not draw them.",
               "- GenEval-style prompts leave cells and colours free; greedy decoding (the default, best for "
               "full-scene prompts) piles their objects into the last cells, so two-object, counting and position "
-              "prompts score low; sampling with guidance 3 does better on them (see Decoding).",
+              "prompts score low; stronger guidance (3) draws them far better but full scenes and edits "
+              "worse (see Decoding).",
               ""]
     return "\n".join(lines)
 
