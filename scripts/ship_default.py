@@ -112,7 +112,9 @@ def card(run: Path, digits: Path | None) -> str:
         "the run.",
         "",
         f"## `unimm eval` on the ShapesWorld test split ({ev['split']}, greedy decoding, guidance "
-        f"{cfg['eval']['guidance']})",
+        f"{cfg['eval']['guidance']}"
+        + (f"; editing: guidance {cfg['eval']['edit_guidance']}"
+           if cfg["eval"].get("edit_guidance") is not None else "") + ")",
         "",
         "| metric | value |",
         "|---|---|",

@@ -73,6 +73,28 @@ def test_saved_run_reloads_to_identical_outputs(tiny_run):
     assert np.array_equal(e1, e2)
 
 
+def test_edits_use_their_own_default_guidance(tiny_run, tiny_tokenizer):
+    from unimm.train.config import EvalConfig
+    d, _ = tiny_run
+    pipe = Pipeline.load(d, device="cpu")
+    assert pipe.default_edit_guidance == pipe.default_guidance      # not set: the same
+    img = ShapesWorld("test").image(0)
+    pipe.default_edit_guidance = 4.0        # what a run with eval.edit_guidance = 4 sets
+    seen, generate = [], pipe.paradigm.generate_images
+
+    def spy(model, turns, guidance, *rest):
+        seen.append((turns[0].task, guidance))
+        return generate(model, turns, guidance, *rest)
+    pipe.paradigm.generate_images = spy
+    pipe.draw(["Make the circle red."], [img])
+    pipe.draw(["a red circle"])
+    pipe.draw(["Make the circle red."], [img], guidance=2.0)
+    assert seen == [("edit", 4.0), ("t2i", pipe.default_guidance), ("edit", 2.0)]
+    assert tiny(tiny_tokenizer, "eval.edit_guidance=1.0").eval.edit_guidance == 1.0
+    with pytest.raises(ValueError, match="edit_guidance"):
+        EvalConfig(edit_guidance=30.0)
+
+
 def test_pipeline_rejects_bad_inputs(tiny_run, tmp_path):
     d, _ = tiny_run
     pipe = Pipeline.load(d, device="cpu")

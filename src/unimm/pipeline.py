@@ -48,6 +48,9 @@ class Pipeline:
         self.image_size = self.cfg.data.world.image_size
         ev = self.cfg.eval
         self.default_guidance = ev.guidance
+        # getattr: runs whose EvalConfig predates edit_guidance edit with `guidance`
+        eg = getattr(ev, "edit_guidance", None)
+        self.default_edit_guidance = ev.guidance if eg is None else eg
         # getattr: runs whose EvalConfig predates the sampling fields default to greedy
         self.default_sampling = SamplingConfig(getattr(ev, "temperature", 0.0),
                                                getattr(ev, "top_k", 0), getattr(ev, "top_p", 1.0))
@@ -134,7 +137,9 @@ class Pipeline:
              sampling: SamplingConfig | None = None, seed: int | None = None) -> list[np.ndarray]:
         """Generate one image per prompt (editing when `images` are given), batched. Guidance
         and sampling default to the run's measured choice (config `eval`)."""
-        guidance = self.default_guidance if guidance is None else float(guidance)
+        if guidance is None:
+            guidance = self.default_guidance if images is None else self.default_edit_guidance
+        guidance = float(guidance)
         sampling = self.default_sampling if sampling is None else sampling
         if not 0 <= guidance <= 20:
             raise InputError(f"guidance must lie in [0, 20], got {guidance}")

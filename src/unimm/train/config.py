@@ -129,10 +129,19 @@ class EvalConfig:
     # Image sampling defaults of the run (also Pipeline.generate's defaults): chosen by measuring
     # on val, recorded in the model card.
     guidance: float = 1.0
+    # Editing's own guidance (an edit's source picture already pins most of the answer down, and
+    # guidance can over-steer it); None = `guidance`.
+    edit_guidance: float | None = None
     temperature: float = 0.0          # 0 = greedy
     top_k: int = 0
     top_p: float = 1.0
     quick_fraction: float = 0.25      # periodic evaluation uses this share (VQA: all n_vqa)
+
+    def __post_init__(self):
+        for name in ("guidance", "edit_guidance"):
+            g = getattr(self, name)
+            if g is not None and not 0 <= g <= 20:
+                raise ValueError(f"eval.{name} must lie in [0, 20], got {g}")
 
 
 @dataclass(frozen=True)
