@@ -1,6 +1,6 @@
 """Where text-to-image goes wrong: per-object errors of drawn scenes, and the teacher-forced
-accuracy / colour mass of image codes by their role in an object (README, "Why text-to-image
-stays near 0.6").
+accuracy / colour mass of image codes by their role in an object (README, "What held
+text-to-image near 0.6").
 
     python scripts/diagnose_t2i.py [RUN] [--split test] [--n 200] [--guidance 1.5]
 

@@ -47,13 +47,10 @@ class Pipeline:
         self.paradigm = parts.paradigm
         self.image_size = self.cfg.data.world.image_size
         ev = self.cfg.eval
+        # a run whose config predates a field loads with its default (utils.config.from_dict)
         self.default_guidance = ev.guidance
-        # getattr: runs whose EvalConfig predates edit_guidance edit with `guidance`
-        eg = getattr(ev, "edit_guidance", None)
-        self.default_edit_guidance = ev.guidance if eg is None else eg
-        # getattr: runs whose EvalConfig predates the sampling fields default to greedy
-        self.default_sampling = SamplingConfig(getattr(ev, "temperature", 0.0),
-                                               getattr(ev, "top_k", 0), getattr(ev, "top_p", 1.0))
+        self.default_edit_guidance = ev.guidance if ev.edit_guidance is None else ev.edit_guidance
+        self.default_sampling = SamplingConfig(ev.temperature, ev.top_k, ev.top_p)
 
     @classmethod
     def load(cls, run: str | os.PathLike | None = None, device: str = "auto") -> "Pipeline":
