@@ -1,11 +1,21 @@
 """`unimm bench paradigms`: every paradigm trained with the same backbone, data, tokenizer and
 wall-clock budget, judged by `unimm eval`, and timed when sampling.
 
-Each training and each evaluation runs in its own process (`python -m unimm ...`), one after
-the other, so paradigms never share a core or a Python heap; the image tokenizer is trained
-once and shared, so every paradigm sees the same codes. Writes `paradigms.json`,
-`paradigms.md` (the table) and `paradigms.png` (quality against seconds per image) under the
-output folder, plus one run folder per paradigm.
+Each training and each evaluation runs in its own process (`python -m unimm ...`); with
+`jobs = 1` one after the other, so paradigms never share a core or a Python heap, with
+`jobs = N` N at a time (each at the config's thread count; on a machine with N free cores every
+paradigm still gets the same share of it). Sampling is always timed afterwards, one paradigm at a
+time in this process. The image tokenizer is trained once and shared, so every paradigm sees the
+same codes.
+
+`init = RUN` warm-starts every paradigm (`ar` included) from one finished run's weights and
+tokenizers (`train.init_from`): the budget is then "that shared backbone + N minutes each", the
+way Show-o, Janus and MMaDA start from one pre-trained language model. Modules a paradigm adds
+(flow's latent projections, the decoupled ViT and aligner) keep their own initialisation.
+
+Writes `paradigms.json`, `paradigms.md` (the table) and `paradigms.png` (quality against
+seconds per image) under the output folder, plus one run folder per paradigm (with its
+`train.log` and `eval.log` when jobs > 1).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .common import conditions, timeit
@@ -31,11 +42,33 @@ COLUMNS = [  # (key in a row, header, format)
 
 
 def _unimm(*args: str) -> None:
-    cmd = [sys.executable, "-m", "unimm", *args]
-    print("$", " ".join(cmd[2:]), flush=True)
-    r = subprocess.run(cmd)
-    if r.returncode:
-        raise RuntimeError(f"`{' '.join(cmd[2:])}` failed with exit code {r.returncode}")
+    _run_all([list(args)], jobs=1, logs=[None])
+
+
+def _run_all(commands: list[list[str]], jobs: int, logs: list[Path | None]) -> None:
+    """Run `python -m unimm ARGS` for each of `commands`, at most `jobs` at a time; a command
+    with a log path writes its output there (parallel output would interleave)."""
+    pending = list(zip(commands, logs))
+    running: list[tuple[subprocess.Popen, list[str], object]] = []
+    failed = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            args, log = pending.pop(0)
+            cmd = [sys.executable, "-m", "unimm", *args]
+            print("$", " ".join(cmd[2:]), *(["  >", str(log)] if log else []), flush=True)
+            fh = open(log, "w") if log else None
+            running.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT if fh
+                                             else None), args, fh))
+        time.sleep(0.2)
+        for item in [r for r in running if r[0].poll() is not None]:
+            proc, args, fh = item
+            running.remove(item)
+            if fh:
+                fh.close()
+            if proc.returncode:
+                failed.append(f"`{' '.join(args)}` failed with exit code {proc.returncode}")
+    if failed:
+        raise RuntimeError("; ".join(failed))
 
 
 def _train_tokens_per_s(run_dir: Path) -> tuple[float, int]:
@@ -63,20 +96,36 @@ def _sampling_speed(run_dir: Path, repeats: int) -> dict:
 
 def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir: Path,
                     overrides: list[str], tokenizer: Path | None = None, quick: bool = False,
-                    repeats: int = 5) -> dict:
+                    repeats: int = 5, init: Path | None = None, jobs: int = 1) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if init is not None:
+        overrides = [*overrides, f"train.init_from={init}"]
     sets = [x for o in overrides for x in ("--set", o)]
+
+    def train(name: str) -> list[str]:
+        tok = ["--set", f"image_tokenizer_path={tokenizer}"] if tokenizer else []
+        return ["train", str(config), "-o", str(out_dir / name), "--minutes", str(minutes),
+                "--no-eval", "--set", f"paradigm={name}", "--set", "train.eval_every=0",
+                *tok, *sets]
+
+    def log(name: str, what: str) -> Path | None:
+        return out_dir / name / f"{what}.log" if jobs > 1 else None
+
+    names = list(paradigms)
+    if tokenizer is None and init is None and names:
+        # one image tokenizer for all: the first run trains it (before its clock starts), alone
+        _unimm(*train(names[0]))
+        tokenizer, names = out_dir / names[0] / "tokenizer" / "image", names[1:]
+    for name in names:
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+    _run_all([train(n) for n in names], jobs, [log(n, "train") for n in names])
+    _run_all([["eval", "--run", str(out_dir / n), "--split", "test", "-o",
+               str(out_dir / n / "eval.json"), *(["--quick"] if quick else [])]
+              for n in paradigms], jobs, [log(n, "eval") for n in paradigms])
     rows = []
     for name in paradigms:
         run = out_dir / name
-        # one image tokenizer for all: the first run trains it (before its clock starts)
-        tok = ["--set", f"image_tokenizer_path={tokenizer}"] if tokenizer else []
-        _unimm("train", str(config), "-o", str(run), "--minutes", str(minutes), "--no-eval",
-               "--set", f"paradigm={name}", "--set", "train.eval_every=0", *tok, *sets)
-        tokenizer = tokenizer or run / "tokenizer" / "image"
-        _unimm("eval", "--run", str(run), "--split", "test", "-o", str(run / "eval.json"),
-               *(["--quick"] if quick else []))
         m = json.loads((run / "eval.json").read_text())["metrics"]
         tps, steps = _train_tokens_per_s(run)
         row = {"paradigm": name, "steps": steps, "train_tokens_per_s": tps,
@@ -88,6 +137,7 @@ def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir:
         rows.append(row)
         print({k: row[k] for k, _, _ in COLUMNS}, flush=True)
     result = {"conditions": conditions(), "config": str(config), "minutes": minutes,
+              "init": str(init) if init else None, "jobs": jobs,
               "overrides": overrides, "quick_eval": quick, "rows": rows}
     (out_dir / "paradigms.json").write_text(json.dumps(result, indent=2))
     (out_dir / "paradigms.md").write_text(markdown(result))
@@ -97,7 +147,9 @@ def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir:
 
 def markdown(result: dict) -> str:
     c = result["conditions"]
-    head = (f"Budget {result['minutes']} min of training per paradigm, config "
+    start = (f"warm-started from `{result['init']}`, then " if result.get("init") else "")
+    head = (f"Budget: {start}{result['minutes']} min of training per paradigm "
+            f"({result.get('jobs', 1)} at a time), config "
             f"`{result['config']}` {' '.join(result['overrides'])}; {c['machine']}, "
             f"{c['cpu_count']} cores, {c['torch_threads']} torch threads, load "
             f"{c['loadavg_1_5_15']}, {c['date']}.\n\n")

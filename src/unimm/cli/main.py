@@ -371,6 +371,10 @@ def bench_paradigms_cmd(
     tokenizer: Optional[Path] = typer.Option(None, help="A trained image tokenizer to share."),
     quick: bool = typer.Option(False, help="Evaluate on a quarter of the test items."),
     repeats: int = typer.Option(5, min=1, help="Timed sampling repeats (after one warm-up)."),
+    init: Optional[Path] = typer.Option(None, help="Warm-start every paradigm from this finished "
+                                        "run (weights + tokenizers; train.init_from)."),
+    jobs: int = typer.Option(1, min=1, max=64, help="Trainings / evaluations run at once (each "
+                             "at the config's thread count; sampling is timed one at a time)."),
     out: Path = typer.Option(Path("results/paradigms"), "-o", "--out"),
 ):
     """Train every paradigm on the same budget, evaluate, time sampling; table + PNG."""
@@ -380,7 +384,9 @@ def bench_paradigms_cmd(
     unknown = [n for n in names if n not in PARADIGMS]
     if unknown:
         raise ValueError(f"unknown paradigm(s) {unknown}; available: {', '.join(PARADIGMS)}")
-    r = bench_paradigms(config, names, minutes, out, set_, tokenizer, quick, repeats)
+    if init is not None and not (init / "model.safetensors").is_file():
+        raise ValueError(f"--init {init}: not a finished run (no model.safetensors there)")
+    r = bench_paradigms(config, names, minutes, out, set_, tokenizer, quick, repeats, init, jobs)
     typer.echo(markdown(r))
     typer.echo(f"wrote {out}/paradigms.md, .json, .png")
 
