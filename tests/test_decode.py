@@ -62,8 +62,7 @@ def test_static_step_equals_eager_step(kw):
             pos = torch.tensor([[[T + k, k, 1]]] * 3)
             want = m.decode_logits(tok, pos, slots, cache, T + k, lo, hi)        # eager (SDPA)
             idx = torch.tensor([T + k])
-            x = None if m.codes is None else m.embed_tokens(tok, pos)
-            got, nk, nv = static_step(m, tok, pos, x, slots, idx, twin.k, twin.v, lo, hi)
+            got, nk, nv = static_step(m, tok, pos, slots, idx, twin.k, twin.v, lo, hi)
             twin.k.index_copy_(3, idx, nk)
             twin.v.index_copy_(3, idx, nv)
             twin.length = T + k + 1
@@ -73,8 +72,9 @@ def test_static_step_equals_eager_step(kw):
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_decoding_gives_the_same_greedy_outputs():
-    m = model()
+@pytest.mark.parametrize("code_mlp", [0, 24])
+def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp):
+    m = model(code_mlp=code_mlp)
     par = Autoregressive(V)
     ts = prompts(2)
     questions = [Turn("vqa", [1, 2, 3], [random.Random(i).randrange(V.n_codes)

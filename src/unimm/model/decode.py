@@ -32,14 +32,12 @@ from unimm.model.cache import KVCache
 from unimm.model.rotary import apply_rotary
 
 
-def static_step(model, tok: Tensor, pos: Tensor, x: Tensor | None, slots: Tensor, idx: Tensor,
+def static_step(model, tok: Tensor, pos: Tensor, slots: Tensor, idx: Tensor,
                 k_cache: Tensor, v_cache: Tensor, lo: int, hi: int
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """One new token per row against a read-only cache.
 
-    tok (r, 1) token ids, pos (r, 1, 3) positions, x (r, 1, d) their input embeddings or None
-    (then embedded here; Janus-style code MLPs embed eagerly, their mix of table and MLP rows
-    is data-dependent), slots Bool (r, m) cache slots a row may
+    tok (r, 1) token ids, pos (r, 1, 3) positions, slots Bool (r, m) cache slots a row may
     attend to once written (its valid prefix and every generated slot), idx Long (1,) the new
     token's slot (slots >= idx are not written yet), caches (l, r, g, m, e), [lo, hi) the
     vocabulary slice to score. Returns float32 logits (r, hi - lo) of the next token and the new
@@ -49,8 +47,7 @@ def static_step(model, tok: Tensor, pos: Tensor, x: Tensor | None, slots: Tensor
     r = tok.shape[0]
     h, g, e = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     m = k_cache.shape[3]
-    if x is None:
-        x = model.embed_tokens(tok, pos)                                   # (r, 1, d)
+    x = model.embed_tokens(tok, pos, dense=True)                           # (r, 1, d)
     rot = bb.rotary
     coord = pos[..., rot.axis]
     cos, sin = rot.cos[coord, rot.pair].unsqueeze(1), rot.sin[coord, rot.pair].unsqueeze(1)
@@ -106,15 +103,14 @@ class DecodeStep:
             raise ValueError(f"position index {start} reaches max_seq_len="
                              f"{self.model.cfg.max_seq_len}")
         idx = torch.tensor([start], device=tok.device)
-        x = None if self.model.codes is None else self.model.embed_tokens(tok, pos)
         if self.failed is None:
             try:
-                logits, k, v = self.fn(tok, pos, x, slots, idx, cache.k, cache.v, lo, hi)
+                logits, k, v = self.fn(tok, pos, slots, idx, cache.k, cache.v, lo, hi)
             except Exception as err:   # no C++ compiler, an unsupported op, ...: run eagerly
                 self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
                 warnings.warn(f"compiled decoding unavailable, decoding eagerly ({self.failed})")
         if self.failed is not None:
-            logits, k, v = static_step(self.model, tok, pos, x, slots, idx, cache.k, cache.v,
+            logits, k, v = static_step(self.model, tok, pos, slots, idx, cache.k, cache.v,
                                        lo, hi)
         cache.k.index_copy_(3, idx, k.to(cache.k.dtype))
         cache.v.index_copy_(3, idx, v.to(cache.v.dtype))

@@ -128,14 +128,19 @@ class TokenModel(nn.Module):
         # a module call on purpose: the backbone is the hook point benches count forwards with
         return self.backbone(self.embed_tokens(tokens, pos), pos, mask, cache=cache, start=start)
 
-    def embed_tokens(self, tokens: Tensor, pos: Tensor) -> Tensor:
-        """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings."""
+    def embed_tokens(self, tokens: Tensor, pos: Tensor, dense: bool = False) -> Tensor:
+        """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings. `dense`: with code
+        MLPs, run the MLP over every token and keep its rows where the token is a code (no
+        data-dependent branch, for compiled steps; the same values)."""
         is_code = tokens >= self.code_start                                  # (B, T)
         if self.codes is None:
             x = self.embed(tokens)
         else:
             x = self.embed(tokens.clamp(max=self.code_start - 1))
-            if bool(is_code.any()):
+            if dense:
+                mlp = self.codes.embed_codes((tokens - self.code_start).clamp(min=0))
+                x = torch.where(is_code[..., None], mlp.to(x.dtype), x)
+            elif bool(is_code.any()):
                 x = x.index_put((is_code,), self.codes.embed_codes(
                     tokens[is_code] - self.code_start).to(x.dtype))
         if self.latent_in is not None:
