@@ -53,15 +53,22 @@ class Pipeline:
         self.default_sampling = SamplingConfig(ev.temperature, ev.top_k, ev.top_p)
 
     @classmethod
-    def load(cls, run: str | os.PathLike | None = None, device: str = "auto") -> "Pipeline":
-        """Load a run folder (None or "default": the model that ships with the package)."""
+    def load(cls, run: str | os.PathLike | None = None, device: str = "auto",
+             compile: bool = False) -> "Pipeline":
+        """Load a run folder (None or "default": the model that ships with the package).
+        `compile`: token-by-token decoding (answers, autoregressive images) through a compiled
+        fixed-shape step (model/decode.py): same greedy outputs, faster once warm; the first
+        call per batch shape compiles (seconds), so it pays off in servers and long jobs."""
         run_dir = DEFAULT_RUN if run in (None, "default") else Path(run)
         if not run_dir.exists():
             raise RunError(f"no run folder at {run_dir}" + (
                 " (the default model is not installed: train one with `unimm train "
                 "configs/shapes_ar.toml`)" if run_dir == DEFAULT_RUN else ""))
         dev = resolve_device(device)
-        return cls(load_run(run_dir, dev), device=dev)
+        pipe = cls(load_run(run_dir, dev), device=dev)
+        if compile:
+            pipe.model.compile_decode()
+        return pipe
 
     # ---- validation --------------------------------------------------------------------------
     def _image(self, x, what: str = "image") -> np.ndarray:

@@ -14,8 +14,12 @@ unless told otherwise):
 The children also return their outputs, so the parent checks that the greedy image codes and
 answers are identical before it reports any ratio (a ratio of different work means nothing).
 
+Our side runs twice: eagerly, and (`compile`, default on except in quick runs) with compiled
+decoding steps (`TokenModel.compile_decode`, model/decode.py), whose compiles happen in the
+warm-up; both are compared with the same transformers run.
+
 Spec keys (all optional): config, quick (a tiny shape and fewer prompts, for the CI smoke test),
-repeats, warmup, threads, guidance, max_new, batch, rounds. `peer_job` is the `unimm bench
+repeats, warmup, threads, guidance, max_new, batch, rounds, compile. `peer_job` is the `unimm bench
 peers` entry point.
 """
 
@@ -76,8 +80,10 @@ def _child(spec: dict) -> dict:
     parts.model.load_state_dict(load_file(spec["weights"]))
     v, n, g = parts.vocab, spec["batch"], spec["guidance"]
     prompts, questions = _work(v, n)
-    if spec["side"] == "ours":
+    if spec["side"] in ("ours", "compiled"):
         par, model = parts.paradigm, parts.model
+        if spec["side"] == "compiled":
+            model.compile_decode()
 
         def draw(ts):
             return par.generate_images(model, ts, g, GREEDY)
@@ -130,22 +136,25 @@ def measure(spec: dict) -> dict:
             "max_new": int(spec.get("max_new", 8 if quick else 24)),
             "batch": int(spec.get("batch", 4 if quick else 16))}
     rounds = int(spec.get("rounds", 1 if quick else 2))
+    sides = ("ours", "compiled", "janus") if spec.get("compile", not quick) else ("ours", "janus")
     parts = _random_parts(base["config"], quick)
     with tempfile.TemporaryDirectory(prefix="unimm-janus-") as tmp:
         work = Path(tmp)
         save_file({k: t.contiguous() for k, t in parts.model.state_dict().items()},
                   work / "weights.safetensors")
         base["weights"] = str(work / "weights.safetensors")
-        runs = {"ours": [], "janus": []}
+        runs = {s: [] for s in sides}
         for r in range(rounds):
-            for side in ("ours", "janus"):
+            for side in sides:
                 runs[side].append(in_child("unimm.bench.peer_janus:_child", {**base, "side": side},
                                            work, f"janus job, {side}, round {r + 1}"))
     ours = runs["ours"][0]
-    same = {k: all(r["outputs"][k] == ours["outputs"][k] for r in runs["ours"] + runs["janus"])
+    same = {k: all(r["outputs"][k] == ours["outputs"][k] for s in sides for r in runs[s])
             for k in ours["outputs"]}
     jobs = {k: {"ours": pooled([r["jobs"] for r in runs["ours"]], k),
                 "theirs": pooled([r["jobs"] for r in runs["janus"]], k),
+                **({"compiled": pooled([r["jobs"] for r in runs["compiled"]], k)}
+                   if "compiled" in runs else {}),
                 "work": ours["work"][k], "identical_output": same[k]}
             for k in ours["jobs"]}
     m = parts.cfg.model
@@ -161,8 +170,8 @@ def measure(spec: dict) -> dict:
         "weights": "seeded random initialisation (identical in both processes)",
         "identical_outputs": all(same.values()),
         "jobs": jobs,
-        "conditions": {"ours": [r["conditions"] for r in runs["ours"]],
-                       "theirs": [r["conditions"] for r in runs["janus"]]},
+        "conditions": {s if s != "janus" else "theirs": [r["conditions"] for r in runs[s]]
+                       for s in sides},
         "bars": {"generate_speedup": 3.0, "answer_speedup": 2.0},
     }
 
@@ -176,21 +185,24 @@ def peer_job(spec: dict) -> dict:
                  "rounds": spec.get("rounds", 2)})
     s = r["settings"]
     rows = []
-    for name, job in r["jobs"].items():
-        kind, batch = name.split("_b")
-        same = "identical" if job["identical_output"] else "DIFFERENT"
-        if kind == "generate":
-            what = (f"image generation s/image, batch {batch}, guidance {s['guidance']:g}, greedy "
-                    f"({same} codes)")
-            row = ratio_row(what, job["ours"], job["theirs"], "s/image",
-                            r["bars"]["generate_speedup"], job["work"])
-        else:
-            what = (f"answering tokens/s, batch {batch}, greedy, up to {s['max_new']} tokens "
-                    f"({same} answers)")
-            row = ratio_row(what, job["ours"], job["theirs"], "tokens/s",
-                            r["bars"]["answer_speedup"], job["work"])
-        row["met"] = row["met"] and job["identical_output"]    # a ratio of different work: no
-        rows.append(row)
+    for side, label in (("ours", ""), ("compiled", ", ours with compiled decoding")):
+        for name, job in r["jobs"].items():
+            if side not in job:
+                continue
+            kind, batch = name.split("_b")
+            same = "identical" if job["identical_output"] else "DIFFERENT"
+            if kind == "generate":
+                what = (f"image generation s/image, batch {batch}, guidance {s['guidance']:g}, "
+                        f"greedy ({same} codes{label})")
+                row = ratio_row(what, job[side], job["theirs"], "s/image",
+                                r["bars"]["generate_speedup"], job["work"])
+            else:
+                what = (f"answering tokens/s, batch {batch}, greedy, up to {s['max_new']} tokens "
+                        f"({same} answers{label})")
+                row = ratio_row(what, job[side], job["theirs"], "tokens/s",
+                                r["bars"]["answer_speedup"], job["work"])
+            row["met"] = row["met"] and job["identical_output"]  # a ratio of different work: no
+            rows.append(row)
     sh = r["shape"]
     return {
         "peer": "transformers JanusForConditionalGeneration",
@@ -199,7 +211,8 @@ def peer_job(spec: dict) -> dict:
         "setup": (f"one Janus-compatible model ({s['config']}{', tiny' if quick else ''}: D {sh['dim']}, "
                   f"L {sh['n_layers']}, H {sh['n_heads']}, {sh['n_codes']} codes, {sh['n_image']} "
                   f"per image, {sh['params']:,} parameters, seeded random weights) converted with "
-                  f"unimm.interop.janus; ours: Autoregressive.generate_images / generate_text; "
+                  f"unimm.interop.janus; ours: Autoregressive.generate_images / generate_text "
+                  f"(eager, and with compiled decoding steps unless quick); "
                   f"theirs: JanusForConditionalGeneration.generate (image mode: its batched CFG "
                   f"rows, static cache; text mode from our input embeddings); fp32; "
                   f"{s['rounds']} processes per side, alternating"),

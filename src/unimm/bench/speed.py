@@ -457,6 +457,7 @@ def measure_understanding(parts, model, dev, turn, repeats: int, warmup: int) ->
 
 def measure(spec: dict) -> dict:
     """Every per-model section for one (paradigm, size); runs in a child process."""
+    from ..paradigms.ar import Autoregressive
     from ..paradigms.sampling import SamplingConfig
     from ..train.data import Encoder, make_source
     from ..train.trainer import Trainer
@@ -485,6 +486,16 @@ def measure(spec: dict) -> dict:
     row["generation"]["sampling"] = dataclasses.asdict(sampling)
     row["generation"]["bandwidth"] = decode_bandwidth(parts, model, t2i, row["generation"],
                                                       spec["machine"])
+    if spec.get("compile") and isinstance(parts.paradigm, Autoregressive):
+        # the same timings with compiled decoding steps (model/decode.py); compiles happen in
+        # the warm-up runs, one per (rows, cache capacity)
+        model.compile_decode()
+        with torch.no_grad():
+            comp = measure_generation(parts, model, dev, t2i, sampling, repeats, warmup)
+        comp["bandwidth"] = decode_bandwidth(parts, model, t2i, comp, spec["machine"])
+        comp["compile_failed"] = model.__dict__["_decode"].failed
+        model.compile_decode(False)
+        row["generation_compiled"] = comp
     row["training"] = measure_training(tr, dev, repeats, max(warmup, 2))
     peak_flops = spec["machine"]["matmul_bf16" if cfg.train.precision == "bf16"
                                  else "matmul_fp32"]["peak_gflops"] * 1e9
@@ -537,7 +548,7 @@ def check_options(paradigms: list[str], sizes: list[str], device: str, threads: 
 
 def bench_speed(config: Path, paradigms: list[str], sizes: list[str], out_dir: Path,
                 repeats: int = 5, device: str = "cpu", threads: int = 1, quick: bool = False,
-                tokenizer: Path | None = None) -> dict:
+                tokenizer: Path | None = None, compile: bool = False) -> dict:
     from ..train.config import RunConfig
     from ..train.run import resolve_device
     from ..utils.config import load_config
@@ -558,12 +569,13 @@ def bench_speed(config: Path, paradigms: list[str], sizes: list[str], out_dir: P
             for name in paradigms:
                 spec = {"config": str(config), "paradigm": name, "size": size, "device": dev.type,
                         "threads": threads, "repeats": repeats, "work": str(work),
-                        "machine": machine}
+                        "machine": machine, "compile": compile}
                 rows.append(in_child("unimm.bench.speed:measure", spec, work,
                                      f"{spec['paradigm']} @ {spec['size']}"))
                 print(_summary(rows[-1]), flush=True)
     result = {"conditions": start, "conditions_end": conditions(), "config": str(config),
               "device": dev.type, "threads": threads, "repeats": repeats, "quick": quick,
+              "compile": compile,
               "tokenizer": str(tokenizer) if tokenizer else "random weights (config's shape)",
               "machine": machine, "rows": rows}
     out_dir = Path(out_dir)
@@ -660,6 +672,24 @@ def markdown(result: dict) -> str:
                             b[k]["floor_s"] * 1e3, b[k]["step_over_floor"],
                             f"{b[k]['bandwidth_utilisation']:.1%}", b[k]["compute_floor_s"] * 1e3]
                            for r, b in bw for k in r["generation"]["runs"]]))
+    comp = [r for r in rows if r.get("generation_compiled")]
+    if comp:
+        out.append("\n### Compiled decoding steps (`TokenModel.compile_decode`, model/decode.py)"
+                   "\n\nThe same timings with each one-token step compiled once per shape "
+                   "(compiles in the warm-up); speed-up = eager time / compiled time; step and "
+                   "floor as above.\n\n")
+        out.append(_table(["paradigm", "size", "s / image b1", "s / image b16", "speed-up b1",
+                           "speed-up b16", "CFG cost b1", "CFG cost b16", "step ms b1",
+                           "step / floor b1", "step / floor b1 + CFG", "fell back to eager"],
+                          [[r["paradigm"], r["size"], c["s_per_image_b1"], c["s_per_image_b16"],
+                            r["generation"]["s_per_image_b1"] / c["s_per_image_b1"],
+                            r["generation"]["s_per_image_b16"] / c["s_per_image_b16"],
+                            c["cfg_cost"]["b1"], c["cfg_cost"]["b16"],
+                            c["bandwidth"]["b1_g1.0"]["step_s"] * 1e3,
+                            c["bandwidth"]["b1_g1.0"]["step_over_floor"],
+                            c["bandwidth"]["b1_g1.5"]["step_over_floor"],
+                            c["compile_failed"] or "no"]
+                           for r in rows if (c := r.get("generation_compiled"))]))
     out.append("\n## Understanding (paradigm.generate_text, batch 1, <eos> masked out)\n\n")
     out.append(_table(["paradigm", "size", "tokens", "decode forwards", "time to first token s",
                        "total s", "tokens/s", "tokens/s after the first"],

@@ -404,6 +404,9 @@ def bench_speed_cmd(
     tokenizer: Optional[Path] = typer.Option(None, help="A trained image tokenizer folder "
                                              "(default: random weights of the config's shape)."),
     quick: bool = typer.Option(False, help="Smoke run: 1 repeat, small matmuls and copies."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Also time "
+                                           "autoregressive generation with compiled decoding "
+                                           "steps (default: on, off with --quick)."),
     out: Path = typer.Option(Path("results/speed"), "-o", "--out"),
 ):
     """Our own speed: machine peaks, training tokens/s + MFU, seconds per image, cache gains,
@@ -413,7 +416,8 @@ def bench_speed_cmd(
     names = [n.strip() for n in paradigms.split(",") if n.strip()] or list(PARADIGMS)
     size_list = [s.strip() for s in (sizes or ("default" if quick else "default,50m")).split(",")
                  if s.strip()]
-    r = bench_speed(config, names, size_list, out, repeats, device, threads, quick, tokenizer)
+    r = bench_speed(config, names, size_list, out, repeats, device, threads, quick, tokenizer,
+                    compile=not quick if compile is None else compile)
     typer.echo(markdown(r))
     typer.echo(f"wrote {out}/speed.md, .json, .png")
 

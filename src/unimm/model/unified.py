@@ -128,14 +128,19 @@ class TokenModel(nn.Module):
         # a module call on purpose: the backbone is the hook point benches count forwards with
         return self.backbone(self.embed_tokens(tokens, pos), pos, mask, cache=cache, start=start)
 
-    def embed_tokens(self, tokens: Tensor, pos: Tensor) -> Tensor:
-        """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings."""
+    def embed_tokens(self, tokens: Tensor, pos: Tensor, dense: bool = False) -> Tensor:
+        """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings. `dense`: with code
+        MLPs, run the MLP over every token and keep its rows where the token is a code (no
+        data-dependent branch, for compiled steps; the same values)."""
         is_code = tokens >= self.code_start                                  # (B, T)
         if self.codes is None:
             x = self.embed(tokens)
         else:
             x = self.embed(tokens.clamp(max=self.code_start - 1))
-            if bool(is_code.any()):
+            if dense:
+                mlp = self.codes.embed_codes((tokens - self.code_start).clamp(min=0))
+                x = torch.where(is_code[..., None], mlp.to(x.dtype), x)
+            elif bool(is_code.any()):
                 x = x.index_put((is_code,), self.codes.embed_codes(
                     tokens[is_code] - self.code_start).to(x.dtype))
         if self.latent_in is not None:
@@ -175,7 +180,35 @@ class TokenModel(nn.Module):
     def forward(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.logits(self.hidden(tokens, pos, mask))
 
+    def compile_decode(self, on: bool = True) -> None:
+        """Run `decode_logits` through a compiled fixed-shape step (model/decode.py; one compile
+        per rows x cache capacity, the first step pays it), or eagerly again (on=False)."""
+        from unimm.model.decode import DecodeStep
+        self.__dict__["_decode"] = DecodeStep(self) if on else None
+
+    def decode_logits(self, tok: Tensor, pos: Tensor, slots: Tensor, cache, start: int,
+                      lo: int, hi: int) -> Tensor:
+        """One decoding step: feed one new token per row at cache slot `start` and return the
+        float32 logits (R, hi - lo) of vocabulary rows [lo, hi) for the token after it.
+        tok (R, 1), pos (R, 1, 3); `slots` Bool (R, cache.max_len): the cache slots each row
+        may attend to once written (`decode_slots`)."""
+        decode = self.__dict__.get("_decode")
+        if decode is None:
+            mask = slots[:, None, None, :start + 1]                           # (R, 1, 1, s)
+            h = self.hidden(tok, pos, mask, cache=cache, start=start)[:, -1]
+            return self.logits(h, lo, hi).float()
+        return decode(tok, pos, slots, cache, start, lo, hi)
+
+    @staticmethod
+    def decode_slots(valid: Tensor, cache) -> Tensor:
+        """Bool (R, cache.max_len) for `decode_logits`: a left-padded prefix's real tokens
+        (`valid`, (R, T)), then every slot after the prefix (the tokens generated)."""
+        R, T = valid.shape
+        return torch.cat([valid, valid.new_ones(R, cache.max_len - T)], dim=1)
+
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None):
+        if self.__dict__.get("_decode") is not None:    # compiled steps: capacities in steps of
+            max_len = 64 * -(-max_len // 64)            # 64, so few shapes (one compile each)
         return self.backbone.new_cache(batch, max_len, dtype=dtype, device=device)
 
     def num_params(self) -> int:

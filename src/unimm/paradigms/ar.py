@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..model.unified import TokenModel
 from .base import (Paradigm, Turn, drop_condition, format_turn, reduce_loss,
-                   step_mask, text_image_stats)
+                   text_image_stats)
 from .sampling import SamplingConfig, guide, sample
 from .sequence import Batch, Packed, Vocab, collate, image_positions
 
@@ -136,10 +136,12 @@ class Autoregressive(Paradigm):
         h = self.hidden(model, tokens, pos, self.prefix_attention(batch), extra,
                         cache=cache)[:, -1]                    # (R, D)
         t0 = valid.sum(1)                                      # sequence index of code 0, per row
+        where = torch.stack([image_positions(t0, k, v.grid) for k in range(N)], 1)  # (R, N, 3)
+        slots = model.decode_slots(valid, cache)
         codes = torch.empty(B, N, dtype=torch.long, device=dev)
         lo, hi = v.code_start, v.code_start + v.n_codes
+        logits = model.logits(h, lo, hi).float()               # (R, K)
         for k in range(N):
-            logits = model.logits(h, lo, hi).float()           # (R, K)
             if use_cfg:
                 logits = guide(logits, guidance)               # (B, K)
             code = sample(logits, sampling, generator)         # (B,)
@@ -147,6 +149,6 @@ class Autoregressive(Paradigm):
             if k == N - 1:
                 break
             tok = (code + lo).repeat(R // B)[:, None]          # (R, 1) same code in both halves
-            p = image_positions(t0, k, v.grid)[:, None, :]     # (R, 1, 3)
-            h = model.hidden(tok, p, step_mask(valid, k + 1), cache=cache, start=T + k)[:, -1]
+            logits = model.decode_logits(tok, where[:, k:k + 1], slots, cache, T + k,
+                                         lo, hi)               # (R, K)
         return codes

@@ -115,14 +115,6 @@ def prefix_mask(valid: Tensor) -> Tensor:
     return ((causal & valid[:, None, :]) | eye)[:, None]
 
 
-def step_mask(valid: Tensor, n_new: int) -> Tensor:
-    """Mask for one decoding query after a left-padded prefix and n_new generated tokens:
-    (B, 1, 1, T + n_new)."""
-    B = valid.shape[0]
-    gen = torch.ones(B, n_new, dtype=torch.bool, device=valid.device)
-    return torch.cat([valid, gen], dim=1)[:, None, None, :]
-
-
 class Paradigm:
     """Base class: text understanding is autoregressive in every token paradigm."""
 
@@ -237,9 +229,10 @@ class Paradigm:
         nxt = valid.sum(1)                                   # next sequence index per row
         out = [[] for _ in range(B)]
         done = torch.zeros(B, dtype=torch.bool, device=dev)
+        slots = model.decode_slots(valid, cache)
+        logits = model.logits(h, 0, v.text_end).float()
         for k in range(max_new):
-            logits = model.logits(h, 0, v.text_end).float().masked_fill(~allowed, float("-inf"))
-            tok = sample(logits, sampling, generator)        # (B,)
+            tok = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)  # (B,)
             for b in range(B):
                 if not done[b]:
                     if tok[b] == v.eos:
@@ -249,6 +242,5 @@ class Paradigm:
             if bool(done.all()) or k == max_new - 1:
                 break
             p = (nxt + k)[:, None, None].expand(B, 1, 3)
-            h = model.hidden(tok[:, None], p, step_mask(valid, k + 1), cache=cache,
-                             start=T + k)[:, -1]
+            logits = model.decode_logits(tok[:, None], p, slots, cache, T + k, 0, v.text_end)
         return out

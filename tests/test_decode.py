@@ -1,0 +1,97 @@
+"""Fixed-shape decoding steps (model/decode.py): the written-out step equals the eager step
+(plain, grouped-query and QK-norm attention, Janus-style code MLPs), and compiled decoding gives
+the same greedy images and answers as eager decoding. Tiny models, tokens only."""
+
+import random
+import shutil
+
+import pytest
+import torch
+
+from unimm.model.backbone import BackboneConfig
+from unimm.model.decode import static_step
+from unimm.model.unified import TokenModel
+from unimm.paradigms.ar import Autoregressive
+from unimm.paradigms.base import Turn
+from unimm.paradigms.sampling import GREEDY
+from unimm.paradigms.sequence import Vocab, collate
+
+V = Vocab(n_text=40, n_codes=16, grid=(2, 3))
+
+
+def model(seed=0, code_mlp=0, **kw):
+    torch.manual_seed(seed)
+    cfg = BackboneConfig(**{"dim": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 128, **kw})
+    m = TokenModel(V.size, cfg, image_grid=V.grid, code_start=V.code_start, code_mlp=code_mlp)
+    with torch.no_grad():           # larger weights: logits that depend on the context
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.mul_(4)
+    return m.eval()
+
+
+def prompts(n, seed=0):
+    r = random.Random(seed)
+    return [Turn("t2i", [r.randrange(V.n_text) for _ in range(r.randint(1, 6))])
+            for _ in range(n)]
+
+
+def prefilled(m, n_rows=3):
+    """A left-padded prefix written into a cache -> (cache, valid, T)."""
+    from unimm.paradigms.base import format_turn
+    batch = collate([format_turn(V, t, with_target=False) for t in prompts(n_rows)], V.pad,
+                    left=True)
+    T = batch.tokens.shape[1]
+    cache = m.new_cache(n_rows, T + 8)
+    mask = batch.valid[:, None, None, :] & torch.ones(T, T, dtype=torch.bool).tril()
+    m.hidden(batch.tokens, batch.pos, mask | torch.eye(T, dtype=torch.bool), cache=cache)
+    return cache, batch.valid, T
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
+                                {"code_mlp": 24}])
+def test_static_step_equals_eager_step(kw):
+    m = model(**kw)
+    lo, hi = V.code_start, V.size
+    with torch.no_grad():
+        cache, valid, T = prefilled(m)
+        twin = cache.clone()
+        slots = m.decode_slots(valid, cache)
+        for k in range(4):
+            tok = torch.tensor([[lo + 3 * k], [lo + 1], [5]])
+            pos = torch.tensor([[[T + k, k, 1]]] * 3)
+            want = m.decode_logits(tok, pos, slots, cache, T + k, lo, hi)        # eager (SDPA)
+            idx = torch.tensor([T + k])
+            got, nk, nv = static_step(m, tok, pos, slots, idx, twin.k, twin.v, lo, hi)
+            twin.k.index_copy_(3, idx, nk)
+            twin.v.index_copy_(3, idx, nv)
+            twin.length = T + k + 1
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(twin.k[..., :T + k + 1, :], cache.k[..., :T + k + 1, :])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.parametrize("code_mlp", [0, 24])
+def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp):
+    m = model(code_mlp=code_mlp)
+    par = Autoregressive(V)
+    ts = prompts(2)
+    questions = [Turn("vqa", [1, 2, 3], [random.Random(i).randrange(V.n_codes)
+                                         for _ in range(V.n_image)]) for i in range(2)]
+    with torch.inference_mode():
+        want_img = par.generate_images(m, ts, 2.0, GREEDY)
+        want_txt = par.generate_text(m, questions, 6, GREEDY)
+        m.compile_decode()
+        assert m.new_cache(2, 70).max_len == 128          # capacities in steps of 64
+        got_img = par.generate_images(m, ts, 2.0, GREEDY)
+        got_txt = par.generate_text(m, questions, 6, GREEDY)
+        assert m.__dict__["_decode"].failed is None      # it really ran compiled
+        with pytest.raises(ValueError, match="filled slots"):
+            cache = m.new_cache(1, 8)
+            m.decode_logits(torch.tensor([[1]]), torch.zeros(1, 1, 3, dtype=torch.long),
+                            torch.ones(1, cache.max_len, dtype=torch.bool), cache, 3, 0, 8)
+        m.compile_decode(False)
+        assert m.new_cache(2, 70).max_len == 70
+    assert torch.equal(got_img, want_img)
+    assert got_txt == want_txt
