@@ -191,6 +191,38 @@ def test_losses_are_finite_and_fall_when_overfitting_one_batch():
     assert not torch.allclose(m.extras["encoder"].patch.weight, enc0)   # the loss reaches the ViT
 
 
+def test_alignment_loss_pulls_features_onto_the_code_embeddings_only():
+    """decoupled.align_weight: relative MSE of aligned features against the (fixed) token
+    embeddings of the input codes; it trains the encoder side and never the table."""
+    m, p = model(0)
+    pa = paradigm(align_weight=1.0)
+    ts = [Turn("vqa", [1, 2], codes(i), [3], None, pixels(i)) for i in range(3)]
+    ts.append(Turn("t2i", [4], None, None, codes(9)))
+    batch = pa.make_batch(ts, random.Random(0))
+    base, _ = p.loss(m, batch)
+    loss, stats = pa.loss(m, batch)
+    has = batch.extra["has_image"]
+    with torch.no_grad():
+        feats = pa.features(m, batch.extra["pixels"][has]).reshape(-1, 32)
+        want = m.embed_tokens(batch.tokens, batch.pos)[pa.input_span(batch.tokens, has)]
+    align = ((feats - want) ** 2).mean() / (want ** 2).mean()
+    assert stats["loss/align"] == pytest.approx(align.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(base.item() + align.item(), rel=1e-4)
+    m.zero_grad()
+    (loss - base.detach()).backward()          # the gradient of both terms ...
+    g_table = m.embed.weight.grad.clone()
+    m.zero_grad()
+    p.loss(m, batch)[0].backward()             # ... minus that of the task loss alone
+    assert torch.allclose(g_table, m.embed.weight.grad, atol=1e-7)     # table: task loss only
+    opt = torch.optim.Adam(list(m.extras.parameters()), lr=3e-3)
+    for _ in range(100):
+        loss, stats = pa.loss(m.train(), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert stats["loss/align"] < 0.2 * align.item(), (stats["loss/align"], align.item())
+
+
 def test_freeze_encoder_keeps_the_vit_fixed_but_trains_the_aligner():
     torch.manual_seed(0)
     m = TokenModel(V.size, BackboneConfig(dim=32, n_layers=1, n_heads=4, max_seq_len=128))

@@ -29,10 +29,10 @@ def fake_tokenizer(seed=0):
     return SimpleNamespace(quantizer=SimpleNamespace(codebook=cb))
 
 
-def model(seed=0, layers=2, dim=32, scale=4.0):
+def model(seed=0, layers=2, dim=32, scale=4.0, **flow):
     torch.manual_seed(seed)
     m = TokenModel(V.size, BackboneConfig(dim=dim, n_layers=layers, n_heads=4, max_seq_len=128))
-    fl = Flow(V, FlowConfig(cfg_dropout=0.0))
+    fl = Flow(V, FlowConfig(cfg_dropout=0.0, **flow))
     fl.attach(m, fake_tokenizer(seed))
     # larger weights (and a non-zero velocity head) so outputs depend on the context here
     with torch.no_grad():
@@ -113,11 +113,49 @@ def test_input_codes_are_read_as_codebook_latents():
     assert torch.equal(x[0][text], m.embed(batch.tokens[0][text]))
 
 
+def test_input_images_as_codes_keep_their_code_embeddings():
+    m, fl = model(1, input_images="codes")
+    t = Turn("edit", [1, 2], list(range(V.n_image)), None, [3] * V.n_image)
+    batch = collate([format_turn(V, t)], V.pad)
+    ex = target_extra(batch)
+    x = fl.embed(m, batch.tokens, batch.pos, ex)
+    src = (batch.span[0] == 1)                               # the edit's source image
+    assert torch.equal(x[0][src], m.embed_tokens(batch.tokens, batch.pos)[0][src])
+    head = m.extras["flow"]
+    tgt = ex["target"][0]
+    want = head.embed(ex["x_t"], ex["t"])                    # the generated image: latents
+    assert torch.allclose(x[0][tgt], want, atol=1e-6)
+
+
+def test_code_prediction_is_the_posterior_mean_and_euler_lands_on_the_code():
+    """predict = codes: v = (softmax(code logits) @ codebook - x) / (1 - t). With a posterior
+    sure of code k, dx/dt = (c_k - x) / (1 - t) has x(1) = c_k, and Euler's uniform steps hit
+    it exactly (each step shrinks x - c_k by (1 - 1/(steps - i)), the last to zero)."""
+    m, fl = model(0, predict="codes")
+    head = m.extras["flow"]
+    cb = head.codebook * head.scale
+    k = torch.tensor([3, 7, 0, 15])
+    sure = SimpleNamespace(logits=lambda h, lo, hi: 50.0 * F.one_hot(k, hi - lo).float(),
+                           extras=m.extras)
+    x0 = torch.randn(4, D_LAT, generator=torch.Generator().manual_seed(0))
+    for steps in (1, 5, 10):
+        out, _ = ode.integrate(lambda x, t: fl.velocity_from_codes(sure, torch.zeros(4, 1), x, t),
+                               x0, steps, "euler")
+        assert torch.allclose(out, cb[k], atol=1e-5)
+    h = torch.randn(4, 32)
+    p = m.logits(h, V.code_start, V.size).float().softmax(-1)
+    t = torch.tensor([0.0, 0.5, 0.9, 0.99])
+    v = fl.velocity_from_codes(m, h, x0, t)
+    want = (p @ cb - x0) / torch.tensor([1.0, 0.5, 0.1, 0.05])[:, None]     # min_gap 0.05
+    assert torch.allclose(v, want, atol=1e-5)
+
+
 # ---- training ---------------------------------------------------------------------------------
-def test_loss_is_finite_and_falls_when_overfitting_one_batch():
+@pytest.mark.parametrize("flow", [{}, {"predict": "codes", "input_images": "codes"}])
+def test_loss_is_finite_and_falls_when_overfitting_one_batch(flow):
     torch.manual_seed(0)
     m = TokenModel(V.size, BackboneConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=128))
-    fl = Flow(V, FlowConfig(cfg_dropout=0.0))
+    fl = Flow(V, FlowConfig(cfg_dropout=0.0, **flow))
     fl.attach(m, fake_tokenizer())
     r = random.Random(0)
     ts = [Turn("t2i", [r.randrange(40) for _ in range(4)], None, None,
@@ -159,6 +197,10 @@ def test_config_is_validated():
         FlowConfig(steps=0)
     with pytest.raises(ValueError, match="cfg_dropout"):
         FlowConfig(cfg_dropout=1.0)
+    with pytest.raises(ValueError, match="predict"):
+        FlowConfig(predict="noise")
+    with pytest.raises(ValueError, match="input_images"):
+        FlowConfig(input_images="pixels")
 
 
 # ---- the ODE solvers ----------------------------------------------------------------------------
@@ -190,6 +232,13 @@ def test_solvers_converge_at_their_order_on_a_linear_field():
 
 
 # ---- sampling -----------------------------------------------------------------------------------
+def velocity_at(m, fl, h, T, x, t):
+    """The velocity of one recomputed row's image span from its hidden states h (T + N, D)."""
+    if fl.cfg.predict == "codes":
+        return fl.velocity_from_codes(m, h[T - 1:-1], x, t)
+    return m.extras["flow"].out_proj(h[T:])
+
+
 def images_by_recompute(m, fl, ts, guidance, x0, steps):
     """Reference: Euler with the full sequence (prefix + image span) recomputed at every step,
     one turn at a time, cond and uncond rows separately."""
@@ -213,17 +262,18 @@ def images_by_recompute(m, fl, ts, guidance, x0, steps):
             vs = []
             for toks, pos, att, target, T in seqs:
                 ex = {"target": target, "x_t": x, "t": torch.full((N,), i * dt)}
-                h = fl.hidden(m, toks, pos, att, ex)[0, T:]
-                vs.append(head.out_proj(h))
+                h = fl.hidden(m, toks, pos, att, ex)[0]
+                vs.append(velocity_at(m, fl, h, T, x, i * dt))
             vel = vs[0] if guidance == 1.0 else vs[1] + guidance * (vs[0] - vs[1])
             x = x + dt * vel
         out.append(x / head.scale)
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_prefix_cache_gives_the_same_images_as_full_recompute(guidance):
-    m, fl = model(0)
+@pytest.mark.parametrize("guidance,flow", [(1.0, {}), (3.0, {}),
+                                           (3.0, {"predict": "codes", "input_images": "codes"})])
+def test_prefix_cache_gives_the_same_images_as_full_recompute(guidance, flow):
+    m, fl = model(0, **flow)
     ts = turns(3)
     x0 = torch.randn(3, V.n_image, D_LAT, generator=torch.Generator().manual_seed(1))
     fast = fl.generate_images(m, ts, guidance, SamplingConfig(1.0),

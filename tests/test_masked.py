@@ -97,6 +97,22 @@ def test_sampler_reveals_every_position_exactly_once():
     assert (seen == 1).all()
 
 
+def test_shifted_labels_sit_one_position_before_the_masked_code():
+    """masked.shift: the hidden state before a masked code predicts it (AR alignment)."""
+    plain, shifted = Masked(V, MaskedConfig(cfg_dropout=0.0)), \
+        Masked(V, MaskedConfig(cfg_dropout=0.0, shift=True))
+    for t in gen_turns(20, seed=4):
+        p0, lab0 = plain.format_labeled(t, random.Random(7))
+        p1, lab1 = shifted.format_labeled(t, random.Random(7))
+        assert p0.tokens == p1.tokens                                 # the same codes masked
+        assert lab1 == lab0[1:] + [IGNORE]                            # one position earlier
+        assert all(p1.tokens[i + 1] == V.mask for i, x in enumerate(lab1) if x != IGNORE)
+        boi = len(p1) - V.n_image - 3                                 # the target's <boi>
+        assert p1.tokens[boi] == V.boi
+        if p1.tokens[boi + 1] == V.mask:                              # code 0: read at <boi>
+            assert lab1[boi] == t.target_image[0] + V.code_start
+
+
 def _reference_images(P, m, turns, guidance, steps):
     """Recompute the whole sequence (prompt + image) every step, cond and uncond separately."""
     v = P.vocab
@@ -115,7 +131,7 @@ def _reference_images(P, m, turns, guidance, steps):
                 [(len(p) + k, *divmod(k, v.grid[1])) for k in range(N)])])[None]
             span = torch.cat([b.span[0], torch.full((N,), 99)])[None]
             h = P.hidden(m, tokens, pos, P.attention(span, torch.ones_like(span, dtype=bool)), {})
-            out.append(m.logits(h[0, -N:], lo, hi))
+            out.append(m.logits(h[0, -N - 1:-1] if P.cfg.shift else h[0, -N:], lo, hi))
         return torch.stack(out)
 
     for k in reveal_counts(N, steps):
@@ -130,9 +146,9 @@ def _reference_images(P, m, turns, guidance, steps):
     return codes
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.5])
-def test_prefix_cache_and_batched_cfg_equal_full_recompute(guidance):
-    m, P = model(1), Masked(V, MaskedConfig(steps=4))
+@pytest.mark.parametrize("guidance,shift", [(1.0, False), (2.5, False), (2.5, True)])
+def test_prefix_cache_and_batched_cfg_equal_full_recompute(guidance, shift):
+    m, P = model(1), Masked(V, MaskedConfig(steps=4, shift=shift))
     ts = gen_turns(3, seed=2)
     fast = P.generate_images(m, ts, guidance, GREEDY)
     ref = _reference_images(P, m, ts, guidance, 4)
@@ -140,10 +156,11 @@ def test_prefix_cache_and_batched_cfg_equal_full_recompute(guidance):
     assert fast.min() >= 0 and fast.max() < V.n_codes
 
 
-def test_overfitting_one_batch_drives_the_loss_down():
+@pytest.mark.parametrize("shift", [False, True])
+def test_overfitting_one_batch_drives_the_loss_down(shift):
     torch.manual_seed(0)
     m = TokenModel(V.size, BackboneConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=128))
-    P = Masked(V, MaskedConfig(cfg_dropout=0.0))
+    P = Masked(V, MaskedConfig(cfg_dropout=0.0, shift=shift))
     ts = gen_turns(4, seed=3) + [Turn("vqa", [1, 2], list(range(V.n_image)), [9, 10])]
     batch = P.make_batch(ts, random.Random(0))
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)

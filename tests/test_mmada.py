@@ -60,24 +60,29 @@ def test_response_attends_both_ways_prompt_stays_causal():
     assert torch.allclose(h[0, :-L], h2[0, :-L], atol=1e-5)         # the prompt does not
 
 
-def test_padding_eos_weighs_less():
+@pytest.mark.parametrize("shift", [False, True])
+def test_padding_eos_weighs_less(shift):
     torch.manual_seed(0)
     m = model()
-    P1 = MMaDA(V, MMaDAConfig(text_len=8, block=4, steps_per_block=2, pad_weight=1.0))
-    P0 = MMaDA(V, MMaDAConfig(text_len=8, block=4, steps_per_block=2, pad_weight=0.0))
-    # every response slot masked: labels = [5, 6, eos, eos, ...]
-    p, lab = P1.format_labeled(vqa(), random.Random(0))
+    P1 = MMaDA(V, MMaDAConfig(text_len=8, block=4, steps_per_block=2, pad_weight=1.0, shift=shift))
+    P0 = MMaDA(V, MMaDAConfig(text_len=8, block=4, steps_per_block=2, pad_weight=0.0, shift=shift))
+    # every response slot masked: labels = [5, 6, eos, eos, ...] (one slot earlier with shift)
+    p, lab = MMaDA(V, MMaDAConfig(text_len=8, block=4, steps_per_block=2)).format_labeled(
+        vqa(), random.Random(0))
     for i in range(len(p) - 8, len(p)):
         if lab[i] == IGNORE:
             lab[i], p.tokens[i] = p.tokens[i], V.mask
+    if shift:
+        lab = lab[1:] + [IGNORE]
     p.loss = [x != IGNORE for x in lab]
     b = collate([p], V.pad)
     b.extra = {"labels": torch.tensor([lab])}
+    at = slice(-9, -1) if shift else slice(-8, None)
     with torch.no_grad():
         l1, _ = P1.loss(m, b)
         l0, _ = P0.loss(m, b)
         h = P1.hidden(m, b.tokens, b.pos, P1.attention(b.span, b.valid), {})
-        ce = torch.nn.functional.cross_entropy(m.logits(h[0, -8:]).float(), torch.tensor(lab[-8:]),
+        ce = torch.nn.functional.cross_entropy(m.logits(h[0, at]).float(), torch.tensor(lab[at]),
                                                reduction="none")
     assert l1.item() == pytest.approx(ce.mean().item(), rel=1e-5)
     assert l0.item() == pytest.approx(ce[:3].mean().item(), rel=1e-5)   # 5, 6, first eos
@@ -107,9 +112,10 @@ def _reference_text(P, m, turns):
             for k in block_counts(P.cfg.block, P.cfg.steps_per_block):
                 tokens = torch.cat([b.tokens[0], resp])[None]
                 h = P.hidden(m, tokens, pos, P.attention(span, torch.ones_like(span, dtype=bool)), {})
-                logits = m.logits(h[0, -L:], 0, v.text_end).float()
+                hs = h[0, -L - 1:-1] if P.cfg.shift else h[0, -L:]
+                logits = m.logits(hs, 0, v.text_end).float()
                 logits[:, v.n_text:] = float("-inf")
-                logits[:, v.eos] = m.logits(h[0, -L:], v.eos, v.eos + 1).float()[:, 0]
+                logits[:, v.eos] = m.logits(hs, v.eos, v.eos + 1).float()[:, 0]
                 cand = logits.argmax(-1)
                 conf = logits.log_softmax(-1).gather(-1, cand[:, None])[:, 0]
                 conf = conf.masked_fill(~(masked[0] & blk), float("-inf"))
@@ -127,14 +133,15 @@ def _reference_text(P, m, turns):
     return outs
 
 
-def test_cached_blockwise_text_decoding_equals_recompute():
+@pytest.mark.parametrize("shift", [False, True])
+def test_cached_blockwise_text_decoding_equals_recompute(shift):
     torch.manual_seed(0)
     m = model(3)
     with torch.no_grad():
         for p in m.parameters():
             if p.dim() >= 2:
                 p.mul_(4)
-    P = MMaDA(V, CFG)
+    P = MMaDA(V, MMaDAConfig(**{**CFG.__dict__, "shift": shift}))
     ts = [vqa(q=(1,)), vqa(q=(2, 3, 4, 5)), vqa(q=(7, 7))]
     fast = P.generate_text(m, ts, sampling=GREEDY)
     ref = _reference_text(P, m, ts)
@@ -160,10 +167,11 @@ def test_overfitting_one_batch_drives_the_loss_down():
     assert torch.isfinite(loss) and first > 2.0 and loss.item() < 0.1, (first, loss.item())
 
 
-def test_learns_to_answer_by_unmasking():
+@pytest.mark.parametrize("shift", [False, True])
+def test_learns_to_answer_by_unmasking(shift):
     """Overfit two questions with different answers, then decode them."""
     m = model(0, dim=64)
-    P = MMaDA(V, CFG)
+    P = MMaDA(V, MMaDAConfig(**{**CFG.__dict__, "shift": shift}))
     ts = [vqa(ans=(5, 6), q=(1, 2)), vqa(ans=(9,), q=(3, 4))]
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     rng = random.Random(0)

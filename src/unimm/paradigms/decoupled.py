@@ -32,7 +32,7 @@ Einops legend: B rows, T tokens, N codes (= patches) per image, E encoder width,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -52,10 +52,18 @@ class DecoupledConfig:
     encoder_path: str = ""          # a `unimm train-encoder` folder; "" = random init
     freeze_encoder: bool = False
     aligner_depth: int = 2
+    # Weight of an alignment loss: the aligned encoder features of an input image regress onto
+    # the token embeddings of its codes (held fixed), relative MSE. A warm start from an `ar`
+    # run thereby learns to hand its backbone inputs like those it already reads, instead of
+    # rediscovering them through the answers alone. 0 = off (Janus trains the adaptor on the
+    # task losses only).
+    align_weight: float = 0.0
 
     def __post_init__(self):
         if self.aligner_depth < 1:
             raise ValueError(f"aligner_depth must be >= 1, got {self.aligner_depth}")
+        if self.align_weight < 0:
+            raise ValueError(f"align_weight must be >= 0, got {self.align_weight}")
 
 
 def aligner(d_in: int, d_out: int, depth: int) -> nn.Sequential:
@@ -120,6 +128,10 @@ class Decoupled(Autoregressive):
         is_code = tokens >= self.vocab.code_start
         return is_code & (is_code.cumsum(1) <= self.vocab.n_image) & has_image[:, None]
 
+    def features(self, model: TokenModel, pixels: Tensor) -> Tensor:
+        """(b, H, W, 3) uint8 input images -> (b, N, D) aligned encoder features."""
+        return model.extras["aligner"](model.extras["encoder"](pixels))
+
     def embed(self, model: TokenModel, tokens: Tensor, pos: Tensor, extra: dict) -> Tensor:
         x = model.embed_tokens(tokens, pos)                              # (B, T, D)
         has = extra.get("has_image") if extra else None
@@ -130,7 +142,23 @@ class Decoupled(Autoregressive):
         if bool((n[has] != self.vocab.n_image).any()):
             raise ValueError("a row flagged with an input image holds fewer than "
                              f"{self.vocab.n_image} image codes in its tokens")
-        feats = model.extras["encoder"](extra["pixels"][has])           # (b, N, E)
-        feats = model.extras["aligner"](feats)                           # (b, N, D)
+        feats = extra.get("features")                                    # computed by loss
+        if feats is None:
+            feats = self.features(model, extra["pixels"][has])           # (b, N, D)
         # row-major: the b flagged rows' N span positions, in order
         return x.masked_scatter(span[..., None], feats.to(x.dtype))
+
+    def loss(self, model: TokenModel, batch, generator=None):
+        w = self.dcfg.align_weight
+        has = batch.extra.get("has_image")
+        if w == 0 or has is None or not bool(has.any()):
+            return super().loss(model, batch, generator)
+        feats = self.features(model, batch.extra["pixels"][has])        # (b, N, D)
+        batch = replace(batch, extra={**batch.extra, "features": feats})
+        loss, stats = super().loss(model, batch, generator)
+        span = self.input_span(batch.tokens, has)                        # (B, T)
+        with torch.no_grad():
+            want = model.embed_tokens(batch.tokens, batch.pos)[span].float()   # (b N, D)
+        got = feats.reshape(-1, feats.shape[-1]).float()
+        align = (got - want).pow(2).mean() / want.pow(2).mean().clamp_min(1e-12)
+        return loss + w * align, {**stats, "loss/align": align.item()}

@@ -20,7 +20,15 @@ Notable choices:
   need nothing new.
 - Input images (understanding, an edit's source) enter as clean latents with the embedding of
   t = 1, the time at which a generated image is clean: to the network a source image looks like
-  a finished target. The code rows of the token embedding and head are unused.
+  a finished target. With `input_images = "codes"` they enter as their code embeddings
+  instead (understanding and generation then read images differently, as in JanusFlow), which
+  is what an `ar` warm start has learned to read.
+- Output: `predict = "velocity"` reads the velocity off out_proj at each latent's own position;
+  `predict = "codes"` estimates the clean latent as the posterior mean over the codebook from
+  the token head's code logits at the position before it (the AR alignment) and derives the
+  velocity from it, so an `ar` warm start begins with a head that already knows which code
+  comes next. Either way the loss is the velocity MSE and sampling integrates the velocity.
+  The code rows of the token embedding and head are used only by these two options.
 - Attention: causal, bidirectional inside every image span (target and input), padding removed
   (`masks.span_mask`). Input images are bidirectional too so that every patch of a source image
   sees the whole image, as the target span does; the same mask is used when answering
@@ -77,6 +85,19 @@ class FlowConfig:
     image_loss_weight: float = 1.0    # weight of the velocity MSE against the text CE
     loss_reduction: Literal["token", "sequence"] = "token"   # see ARConfig
     decode: Literal["nearest_code", "continuous"] = "nearest_code"
+    # How input images (understanding, an edit's source) are read: "latents" = clean latents
+    # at t = 1 through the flow's input projection (Transfusion: one representation for both);
+    # "codes" = their VQ codes through the token embedding (JanusFlow keeps understanding's
+    # input apart from generation's; here it is the code table an `ar` warm start already reads).
+    input_images: Literal["latents", "codes"] = "latents"
+    # What the network outputs at a generated latent: "velocity" = out_proj(h) at its own
+    # position; "codes" = the clean latent as the posterior mean over the codebook,
+    # x1_hat = softmax(code logits) @ codebook, read from the position before it (the AR
+    # alignment, as masked.shift), and v = (x1_hat - x_t) / (1 - t). Data lie on the codebook,
+    # so that mean is the exact form of the optimal denoiser (CDCD, arXiv:2211.15089); the loss
+    # stays the velocity MSE (x-prediction with a v-loss, JiT arXiv:2511.13720).
+    predict: Literal["velocity", "codes"] = "velocity"
+    min_gap: float = 0.05             # predict = codes: 1 - t is clamped here (JiT's t_eps)
 
     def __post_init__(self):
         if not 0 <= self.cfg_dropout < 1:
@@ -99,6 +120,13 @@ class FlowConfig:
         if self.decode not in ("nearest_code", "continuous"):
             raise ValueError(f"decode must be 'nearest_code' or 'continuous', "
                              f"got {self.decode!r}")
+        if self.input_images not in ("latents", "codes"):
+            raise ValueError(f"input_images must be 'latents' or 'codes', "
+                             f"got {self.input_images!r}")
+        if self.predict not in ("velocity", "codes"):
+            raise ValueError(f"predict must be 'velocity' or 'codes', got {self.predict!r}")
+        if not 0 < self.min_gap < 1:
+            raise ValueError(f"min_gap must lie in (0, 1), got {self.min_gap}")
 
 
 class TimeEmbedding(nn.Module):
@@ -189,6 +217,8 @@ class Flow(Paradigm):
         x = model.embed_tokens(tokens, pos)                                  # (B, T, D)
         is_code = tokens >= self.vocab.code_start
         target = extra.get("target")
+        if self.cfg.input_images == "codes":     # input images keep their code embeddings
+            is_code = torch.zeros_like(is_code)
         where = is_code if target is None else is_code | target
         if not bool(where.any()):
             return x
@@ -240,7 +270,11 @@ class Flow(Paradigm):
         txt = batch.loss[:, 1:] & ~is_code[:, 1:]                            # next token is text
         ce = F.cross_entropy(model.logits(h[:, :-1][txt], 0, v.text_end).float(),
                              tokens[:, 1:][txt], reduction="none")           # (M_text,)
-        v_pred = head.out_proj(h[target]).float()                            # (M, d)
+        if self.cfg.predict == "codes":
+            before = F.pad(target[:, 1:], (0, 1))                            # (B, T) i - 1
+            v_pred = self.velocity_from_codes(model, h[before], x_t, t)      # (M, d)
+        else:
+            v_pred = head.out_proj(h[target]).float()                        # (M, d)
         mse = (v_pred - (x1 - x0)).pow(2).mean(-1)                           # (M,)
         how = self.cfg.loss_reduction
         zero = h.sum() * 0.0                     # keeps the graph when a term is absent
@@ -249,6 +283,17 @@ class Flow(Paradigm):
         stats = {"loss/text": ce.mean().item() if len(ce) else float("nan"),
                  "loss/image": mse.mean().item() if len(mse) else float("nan")}
         return l_text + self.cfg.image_loss_weight * l_img, stats
+
+    def velocity_from_codes(self, model: TokenModel, h: Tensor, x_t: Tensor,
+                            t: Tensor | float) -> Tensor:
+        """predict = codes: hidden states (..., D) before each latent, its noisy value x_t
+        (..., d) at time t ((...) or a float) -> velocity (..., d), float32."""
+        v, head = self.vocab, self.head(model)
+        p = model.logits(h, v.code_start, v.code_start + v.n_codes).float().softmax(-1)
+        x1_hat = p @ (head.codebook * head.scale)                            # (..., d)
+        gap = (1 - torch.as_tensor(t, dtype=torch.float32, device=h.device)).clamp_min(
+            self.cfg.min_gap)
+        return (x1_hat - x_t.float()) / (gap[..., None] if gap.dim() else gap)
 
     # ---- sampling -----------------------------------------------------------------------------
     def function_evaluations(self, steps: int | None = None, sampler: str | None = None) -> int:
@@ -271,8 +316,8 @@ class Flow(Paradigm):
         B, N, d = len(turns), v.n_image, head.latent_dim
         cache = model.new_cache(R, T + N, device=dev)
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
-        self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch), extra,
-                    cache=cache)                                             # prefix, once
+        h_boi = self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch),
+                            extra, cache=cache)[:, -1]                       # prefix, once
         t0 = batch.valid.sum(1)                                              # (R,) latent 0 index
         pos = torch.stack([image_positions(t0, k, v.grid) for k in range(N)], dim=1)  # (R, N, 3)
         keys = torch.cat([batch.valid, torch.ones(R, N, dtype=torch.bool, device=dev)], 1)
@@ -285,7 +330,11 @@ class Flow(Paradigm):
             ext = {"target": target, "x_t": x_r.reshape(R * N, d),
                    "t": torch.full((R * N,), t, device=dev)}
             h = self.hidden(model, tok, pos, att, ext, cache=cache, start=T)  # (R, N, D)
-            vel = head.out_proj(h).float()                                   # (R, N, d)
+            if self.cfg.predict == "codes":                                  # read at i - 1
+                h = torch.cat([h_boi[:, None], h[:, :-1]], dim=1)
+                vel = self.velocity_from_codes(model, h, x_r, t)             # (R, N, d)
+            else:
+                vel = head.out_proj(h).float()                               # (R, N, d)
             return guide(vel, guidance) if use_cfg else vel                  # (B, N, d)
 
         if sampling.temperature > 0:

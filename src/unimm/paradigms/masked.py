@@ -10,7 +10,8 @@ arXiv:2408.12528).
 Notable choices:
 - Labels are aligned to hidden states: `labels[b, i]` is what the hidden state at i must
   predict (the next token for text targets, the original code for a masked code), so one
-  cross-entropy covers both objectives.
+  cross-entropy covers both objectives. With `shift`, a masked code is predicted from the
+  position before it instead, as every token is in the AR paradigm (`label_index`).
 - Mask ratio r = cos(pi/2 * u), u ~ U(0, 1) (MaskGIT's cosine schedule), at least one code
   masked; the same cosine schedule decides how many codes are still masked after each sampling
   step, so training and sampling see the same ratios. Every position is revealed exactly once
@@ -52,6 +53,12 @@ class MaskedConfig:
     steps: int = 12                   # parallel decoding steps per image
     confidence_noise: float = 0.0     # Gumbel noise scale on confidences at step 0 (anneals to 0)
     loss_reduction: Literal["token", "sequence"] = "sequence"   # see ARConfig
+    # Where a masked code is predicted: False = at its own position (MaskGIT / Show-o); True =
+    # from the position before it, the autoregressive alignment (DiffuLLaMA / Dream adapt a
+    # pre-trained AR model to masked diffusion this way, arXiv:2410.17891), so a warm start
+    # from an `ar` run keeps what its head has learned; the first code is then predicted from
+    # <boi>, which sees the prompt only.
+    shift: bool = False
 
     def __post_init__(self):
         if not 0 <= self.cfg_dropout < 1:
@@ -126,10 +133,22 @@ class Masked(Paradigm):
             n = len(code_idx)
             k = max(1, math.ceil(n * masked_fraction(rng.random())))
             for t in rng.sample(code_idx, k):
-                labels[t] = p.tokens[t]
+                labels[self.label_index(t)] = p.tokens[t]
                 p.tokens[t] = v.mask
         p.loss = [lab != IGNORE for lab in labels]
         return p, labels
+
+    def label_index(self, t: int) -> int:
+        """Where the prediction of a masked token at index t is read (see `shift`)."""
+        return t - 1 if self.cfg.shift else t
+
+    def span_logits(self, model: TokenModel, h_before: Tensor, h: Tensor, lo: int,
+                    hi: int) -> Tensor:
+        """Logits (R, L, hi - lo) for the L slots of a span from their hidden states h
+        (R, L, D) and the hidden state just before the span h_before (R, D) (`shift`)."""
+        if self.cfg.shift:
+            h = torch.cat([h_before[:, None], h[:, :-1]], dim=1)
+        return model.logits(h, lo, hi).float()
 
     def make_batch(self, turns: list[Turn], rng: random.Random) -> Batch:
         seqs, labels = zip(*(self.format_labeled(t, rng) for t in turns))
@@ -177,8 +196,8 @@ class Masked(Paradigm):
         B, N = len(turns), v.n_image
         cache = model.new_cache(R, T + N, device=dev)
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
-        self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch), extra,
-                    cache=cache)                                            # prompt, once
+        h_boi = self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch),
+                            extra, cache=cache)[:, -1]                      # prompt, once
         t0 = batch.valid.sum(1)                                             # (R,) code 0 index
         pos = torch.stack([image_positions(t0, k, v.grid) for k in range(N)], dim=1)  # (R, N, 3)
         keys = torch.cat([batch.valid, torch.ones(R, N, dtype=torch.bool, device=dev)], 1)
@@ -189,7 +208,7 @@ class Masked(Paradigm):
         for s, k in enumerate(reveal_counts(N, steps)):
             tok = torch.where(masked, v.mask, codes + lo).repeat(R // B, 1)  # (R, N)
             h = self.hidden(model, tok, pos, att, {}, cache=cache, start=T)  # (R, N, D)
-            logits = model.logits(h, lo, hi).float()                         # (R, N, K)
+            logits = self.span_logits(model, h_boi, h, lo, hi)               # (R, N, K)
             if use_cfg:
                 logits = guide(logits, guidance)                             # (B, N, K)
             noise = self.cfg.confidence_noise * (1 - s / steps)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.unified import TokenModel
@@ -51,6 +52,7 @@ class MMaDAConfig:
     block: int = 8                    # semi-autoregressive block size (divides text_len)
     steps_per_block: int = 4          # parallel steps per text block
     pad_weight: float = 0.1           # loss weight of padding <eos> after the first one
+    shift: bool = False               # predict each masked token from the slot before it (masked.py)
 
     def __post_init__(self):
         if not 0 <= self.cfg_dropout < 1:
@@ -108,7 +110,7 @@ class MMaDA(Masked):
         chosen = [i for i in idx if rng.random() < t] or [rng.choice(idx)]
         labels = [IGNORE] * len(p)
         for i in chosen:
-            labels[i] = p.tokens[i]
+            labels[self.label_index(i)] = p.tokens[i]
             p.tokens[i] = v.mask
         p.loss = [lab != IGNORE for lab in labels]
         return p, labels
@@ -116,10 +118,17 @@ class MMaDA(Masked):
     def target_weights(self, batch: Batch, labels: Tensor, where: Tensor) -> Tensor:
         """Padding <eos> after an answer's first <eos> weighs `pad_weight`: an <eos> label at a
         slot preceded (in the labels or the visible tokens) by another <eos> of its row."""
-        eos = torch.where(where, labels, batch.tokens) == self.vocab.eos       # (B, T) clean
+        if self.cfg.shift:              # labels sit one slot before the token they predict
+            at = F.pad(where[:, :-1], (1, 0))                                  # (B, T) masked
+            lab = F.pad(labels[:, :-1], (1, 0), value=IGNORE)
+        else:
+            at, lab = where, labels
+        eos = torch.where(at, lab, batch.tokens) == self.vocab.eos             # (B, T) clean
         before = (eos.long().cumsum(1) - eos.long()) > 0                       # an <eos> earlier
-        pad = (before & eos)[where]                                            # (M,)
-        return torch.where(pad, self.cfg.pad_weight, 1.0)
+        pad = before & eos
+        if self.cfg.shift:
+            pad = F.pad(pad[:, 1:], (0, 1))                                    # back to labels
+        return torch.where(pad[where], self.cfg.pad_weight, 1.0)
 
     # ---- text sampling ------------------------------------------------------------------------
     def text_evaluations(self, n_blocks: int = 1) -> int:
@@ -137,8 +146,8 @@ class MMaDA(Masked):
         B, T = batch.tokens.shape
         cache = model.new_cache(B, T + L, device=dev)
         extra = {k: x.to(dev) for k, x in self.extras_for(turns).items()}
-        self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch), extra,
-                    cache=cache)                                           # prompt, once
+        h_asst = self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch),
+                             extra, cache=cache)[:, -1]                    # prompt, once
         t0 = batch.valid.sum(1)                                            # (B,)
         i = torch.arange(L, device=dev)
         pos = (t0[:, None] + i)[..., None].expand(B, L, 3).contiguous()    # (B, L, 3)
@@ -153,7 +162,8 @@ class MMaDA(Masked):
             in_block = (i >= b0) & (i < b0 + cfg.block)
             for k in block_counts(cfg.block, cfg.steps_per_block):
                 h = self.hidden(model, out, pos, att, {}, cache=cache, start=T)   # (B, L, D)
-                logits = model.logits(h, 0, v.text_end).float().masked_fill(~allowed, -math.inf)
+                logits = self.span_logits(model, h_asst, h, 0, v.text_end)
+                logits = logits.masked_fill(~allowed, -math.inf)
                 cand, new = reveal(logits, masked & in_block, k, sampling, 0.0, generator)
                 out = torch.where(new, cand, out)
                 masked = masked & ~new
