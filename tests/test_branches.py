@@ -88,10 +88,50 @@ def test_branch_mask_is_needed():
     assert not torch.allclose(h[idx][-1], hs[-1], atol=1e-3)
 
 
-def test_mmada_refuses_follow_ups():
-    from unimm.paradigms.mmada import MMaDA
-    with pytest.raises(ValueError, match="vqa_turns = 1"):
-        MMaDA(V).make_batch([qa_turn(random.Random(3), 2)], random.Random(0))
+@pytest.mark.parametrize("shift", [False, True])
+def test_mmada_branches_compute_what_each_question_alone_computes(shift):
+    """mmada: every question about the picture is a branch with its own masked response span;
+    each branch's hidden states, loss targets and <eos> padding weights equal those of its
+    one-question sequence with the same masked slots."""
+    from unimm.paradigms.masked import IGNORE
+    from unimm.paradigms.mmada import MMaDA, MMaDAConfig
+    par = MMaDA(V, MMaDAConfig(text_len=6, block=3, steps_per_block=3, shift=shift))
+    m = model(5)
+    turns = [qa_turn(random.Random(4), 2), qa_turn(random.Random(5), 0)]
+
+    class EveryOther(random.Random):         # a branch's t, then its 6 slots: 5 of 6 masked
+        n = 0
+
+        def random(self):
+            self.n += 1
+            return 0.99 if (self.n - 1) % 7 == 0 else (0.995 if self.n % 7 == 3 else 0.0)
+    batch = par.make_batch(turns, EveryOther(0))
+    assert batch.branch is not None and int(batch.branch.max()) == 3
+    labels = batch.extra["labels"]
+    with torch.no_grad():
+        h = par.hidden(m, batch.tokens, batch.pos, par.training_mask(batch), {})
+        w = par.target_weights(batch, labels, labels != IGNORE)
+    w_at = torch.full(labels.shape, float("nan"))
+    w_at[labels != IGNORE] = w
+    t, valid = turns[0], batch.valid[0]
+    br = batch.branch[0][valid]
+    for k, (q, a) in enumerate([(t.text, t.answer), *t.followups], start=1):
+        idx = (br == 0) | (br == k)
+        tok, pos, span = (x[0][valid][idx] for x in (batch.tokens, batch.pos, batch.span))
+        single = collate([par.format_labeled(Turn("vqa", q, t.image, a), random.Random(9))[0]],
+                         V.pad)
+        assert tok.shape == single.tokens[0].shape and torch.equal(pos, single.pos[0])
+        one = single.__class__(tok[None], pos[None], single.loss, span[None], single.valid,
+                               single.tasks)
+        lab = labels[0][valid][idx]
+        with torch.no_grad():
+            hs = par.hidden(m, one.tokens, one.pos, par.training_mask(one), {})[0]
+            ws = par.target_weights(one, lab[None], (lab != IGNORE)[None])
+        torch.testing.assert_close(h[0][valid][idx], hs, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(w_at[0][valid][idx][lab != IGNORE], ws)
+        clean = torch.where(lab != IGNORE, lab, tok) if not shift else tok
+        if not shift:          # the response holds the answer, then <eos> padding
+            assert clean[-6:].tolist() == (list(a) + [V.eos] * 6)[:6]
 
 
 def test_sampling_prefixes_have_no_branches():

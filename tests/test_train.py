@@ -228,6 +228,25 @@ def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
     assert fe["masked"] < fe["ar"]
     assert "| masked |" in (tmp_path / "bp" / "paradigms.md").read_text()
     assert (tmp_path / "bp" / "paradigms.png").stat().st_size > 1000
+    # warm-started from the finished ar run, two at a time, paradigm options from --set
+    r = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "0.05",
+                        "--config", "configs/tiny.toml", "--paradigms", "masked,flow",
+                        "--init", str(tmp_path / "bp" / "ar"), "--jobs", "2", "--quick",
+                        "--repeats", "1", "--set", "masked.shift=true",
+                        "--set", "flow.predict=codes", "-o", str(tmp_path / "warm")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "warm" / "paradigms.json").read_text())
+    assert res["init"] == str(tmp_path / "bp" / "ar") and res["jobs"] == 2
+    rows = {row["paradigm"]: row for row in res["rows"]}
+    assert rows["masked"]["settings"]["shift"] is True
+    assert rows["flow"]["settings"]["predict"] == "codes"
+    for name in ("masked", "flow"):
+        cfg = json.loads((tmp_path / "warm" / name / "config.json").read_text())["config"]
+        assert cfg["train"]["init_from"] == str(tmp_path / "bp" / "ar")
+        assert (tmp_path / "warm" / name / "train.log").is_file()
+    md = (tmp_path / "warm" / "paradigms.md").read_text()
+    assert "warm-started from" in md and "shift = True" in md
     bad = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "1",
                           "--paradigms", "ar,nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "available" in bad.stderr

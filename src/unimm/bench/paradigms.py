@@ -128,7 +128,9 @@ def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir:
         run = out_dir / name
         m = json.loads((run / "eval.json").read_text())["metrics"]
         tps, steps = _train_tokens_per_s(run)
+        cfg = json.loads((run / "config.json").read_text())["config"]
         row = {"paradigm": name, "steps": steps, "train_tokens_per_s": tps,
+               "settings": cfg.get(name, {}),
                "vqa": m.get("vqa/overall"), "caption": m.get("caption/scene_correct"),
                "t2i_full_scene": m.get("t2i/full_scene"), "geneval": m.get("geneval/overall"),
                "edit": m.get("edit/success"), "holdout_t2i": m.get("holdout/t2i_pair_drawn"),
@@ -161,7 +163,28 @@ def markdown(result: dict) -> str:
             v = r.get(k)
             cells.append("n/a" if v is None else f.format(v))
         lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n" + _details(result["rows"])
+
+
+def _details(rows: list[dict]) -> str:
+    """Per-paradigm GenEval categories, VQA kinds and the paradigm's own settings."""
+    def table(prefix: str, title: str) -> str:
+        keys = sorted({k for r in rows for k in r if k.startswith(prefix)})
+        if not keys:
+            return ""
+        out = [f"\n{title}\n", "| paradigm | " + " | ".join(k[len(prefix):] for k in keys) + " |",
+               "|" + "|".join("---" for _ in range(len(keys) + 1)) + "|"]
+        out += ["| " + " | ".join([r["paradigm"]] + [
+            "n/a" if r.get(k) is None else f"{r[k]:.3f}" for k in keys]) + " |" for r in rows]
+        return "\n".join(out) + "\n"
+    text = table("geneval/", "GenEval-style categories (test suite, in-distribution):")
+    text += table("vqa/kind/", "VQA per question kind:")
+    sets = [f"- `{r['paradigm']}`: " + ", ".join(f"{k} = {v}" for k, v in r["settings"].items()
+                                                 if not isinstance(v, dict))
+            for r in rows if r.get("settings")]
+    if sets:
+        text += "\nEach paradigm's own settings (its config section):\n\n" + "\n".join(sets) + "\n"
+    return text
 
 
 def plot(rows: list[dict], path: Path, minutes: float) -> None:

@@ -10,7 +10,10 @@ blocks of `block` tokens revealed left to right, `steps_per_block` parallel step
 Notable choices:
 - Training masks each response token independently with probability t ~ U(0, 1) (at least one
   masked) and predicts the masked tokens at their own positions (LLaDA eq. 3, without the 1/t
-  weight: we average per example, which is steadier at this scale).
+  weight: we average per example, which is steadier at this scale), or, with `shift`, from
+  the slot before each (the AR alignment, masked.py), the first from <asst>.
+- Several questions about one picture (data.vqa_turns) are branches (sequence.py): each has its
+  prompt and its own response span with its own t, and sees the picture and itself only.
 - Text responses are padded with <eos> to `text_len` so the model learns where an answer
   ends (LLaDA's SFT recipe); padding <eos> tokens weigh `pad_weight` in the loss so a one-word
   answer is not drowned by thirty padding predictions.
@@ -39,7 +42,7 @@ from ..model.unified import TokenModel
 from .base import Turn, format_turn
 from .masked import IGNORE, Masked, reveal
 from .sampling import GREEDY, SamplingConfig
-from .sequence import Batch, Packed, Vocab, collate
+from .sequence import Batch, Builder, Vocab, collate
 
 
 @dataclass(frozen=True)
@@ -82,36 +85,35 @@ class MMaDA(Masked):
         self.min_answer = self.cfg.text_len      # the whole response region must fit
 
     # ---- training -----------------------------------------------------------------------------
-    def response(self, prefix: Packed, tokens: list[int]) -> tuple[Packed, list[int]]:
-        """Append a bidirectional response span of `tokens` to a prompt."""
-        span = max(prefix.span, default=0) + 1
-        t0 = len(prefix)
-        for i, tok in enumerate(tokens):
-            prefix.tokens.append(tok)
-            prefix.pos.append((t0 + i, t0 + i, t0 + i))
-            prefix.loss.append(True)
-            prefix.span.append(span)
-            prefix.weight.append(1.0)
-        return prefix, list(range(t0, t0 + len(tokens)))
-
     def format_labeled(self, turn: Turn, rng: random.Random):
+        """A text turn's prompt, then its answer as a bidirectional response span of
+        `text_len` slots with a random share t ~ U(0, 1) of them masked. Follow-up questions
+        about the same picture (data.vqa_turns) are branches (sequence.py), each with its own
+        prompt, response span and t, so each is trained exactly as it is asked."""
         if turn.task not in ("caption", "vqa"):
             return super().format_labeled(turn, rng)          # images: masked-paradigm recipe
-        if turn.followups:
-            raise ValueError("mmada trains one question per picture (its answer is a "
-                             "bidirectional response span, not a branch); set data.vqa_turns = 1")
         v, L = self.vocab, self.cfg.text_len
-        ans = list(turn.answer) + [v.eos]
-        if len(ans) > L:
-            raise ValueError(f"an answer of {len(ans) - 1} tokens does not fit mmada.text_len="
-                             f"{L}; raise text_len")
-        p, idx = self.response(format_turn(v, turn, with_target=False), ans + [v.eos] * (L - len(ans)))
-        t = rng.random()
-        chosen = [i for i in idx if rng.random() < t] or [rng.choice(idx)]
+        b = Builder(v).special("<bos>")
+        if turn.image is not None:
+            b.image(turn.image)
+        spans = []
+        for q, a in [(turn.text, turn.answer), *turn.followups]:
+            ans = list(a) + [v.eos]
+            if len(ans) > L:
+                raise ValueError(f"an answer of {len(ans) - 1} tokens does not fit "
+                                 f"mmada.text_len={L}; raise text_len")
+            if turn.followups:
+                b.branch()
+            b.special("<user>").text(q).special("<asst>")
+            spans.append(b.span(ans + [v.eos] * (L - len(ans)), loss=True))
+        p = b.build()
         labels = [IGNORE] * len(p)
-        for i in chosen:
-            labels[self.label_index(i)] = p.tokens[i]
-            p.tokens[i] = v.mask
+        for idx in spans:
+            t = rng.random()
+            chosen = [i for i in idx if rng.random() < t] or [rng.choice(idx)]
+            for i in chosen:
+                labels[self.label_index(i)] = p.tokens[i]
+                p.tokens[i] = v.mask
         p.loss = [lab != IGNORE for lab in labels]
         return p, labels
 
@@ -123,9 +125,14 @@ class MMaDA(Masked):
             lab = F.pad(labels[:, :-1], (1, 0), value=IGNORE)
         else:
             at, lab = where, labels
-        eos = torch.where(at, lab, batch.tokens) == self.vocab.eos             # (B, T) clean
-        before = (eos.long().cumsum(1) - eos.long()) > 0                       # an <eos> earlier
-        pad = before & eos
+        eos = (torch.where(at, lab, batch.tokens) == self.vocab.eos).long()    # (B, T) clean
+        earlier = eos.cumsum(1) - eos                                          # <eos> before t
+        if batch.branch is not None:    # count within a branch only: each has its answer
+            br = batch.branch
+            fresh = torch.ones_like(br, dtype=torch.bool)
+            fresh[:, 1:] = br[:, 1:] != br[:, :-1]                             # segment starts
+            earlier = earlier - earlier.masked_fill(~fresh, 0).cummax(1).values
+        pad = (earlier > 0) & (eos > 0)
         if self.cfg.shift:
             pad = F.pad(pad[:, 1:], (0, 1))                                    # back to labels
         return torch.where(pad[where], self.cfg.pad_weight, 1.0)

@@ -143,6 +143,15 @@ class Builder:
         self.special("<eoi>", loss)
         return self
 
+    def span(self, ids: list[int], loss: bool = False) -> list[int]:
+        """A bidirectional span of plain tokens with its own span id and text positions (a
+        masked-diffusion response, mmada.py). Returns the indices of its tokens."""
+        self.n_spans += 1
+        start = len(self.p.tokens)
+        for i in ids:
+            self._add(int(i), loss, span=self.n_spans)
+        return list(range(start, len(self.p.tokens)))
+
     def build(self) -> Packed:
         return self.p
 
