@@ -27,7 +27,7 @@ def _numbers(obj, path=""):
 
 def test_bench_speed_quick_smoke(tmp_path):
     r = _speed("--config", "configs/tiny.toml", "--paradigms", "ar,masked,flow", "--quick",
-               "--compile", "-o", str(tmp_path / "s"))
+               "--compile", "--bf16", "-o", str(tmp_path / "s"))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "s" / "speed.json").read_text())
     m = res["machine"]
@@ -59,9 +59,13 @@ def test_bench_speed_quick_smoke(tmp_path):
     assert comp["s_per_image_b1"] > 0 and comp["bandwidth"]["b1_g1.5"]["step_s"] > 0
     assert comp["runs"]["b1_g1.0"]["backbone_calls"] == 1          # steps bypass the backbone
     assert [bool(row.get("generation_compiled")) for row in res["rows"]] == [True, False, False]
+    for row in res["rows"]:                                        # bf16 sampling: every one
+        half = row["generation_bf16"]
+        assert half["s_per_image_b1"] > 0 and half["cfg_cost"]["b1"] > 0
     md = (tmp_path / "s" / "speed.md").read_text()
     for section in ("Machine constants", "Training", "Generation", "Cache gains",
-                    "memory floor", "Compiled decoding", "Understanding", "| flow |"):
+                    "memory floor", "Compiled decoding", "bf16 autocast", "Understanding",
+                    "| flow |"):
         assert section in md
     assert md == markdown(res)
     assert (tmp_path / "s" / "speed.png").stat().st_size > 1000

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from unimm.data.images import ImageError
@@ -327,3 +328,33 @@ def test_bench_decoding_measures_every_setting(tiny_run, tmp_path):
     for row in res["rows"]:
         for k in ("t2i_full_scene", "geneval_overall", "edit_success"):
             assert 0.0 <= row[k] <= 1.0
+
+
+@pytest.mark.parametrize("paradigm", ["ar", "masked", "flow", "mmada"])
+def test_sampling_precision_bf16_runs_the_network_under_autocast(tiny_tokenizer, tmp_path,
+                                                                 paradigm):
+    """eval.precision = bf16: Pipeline.answer / draw run the backbone under bf16 autocast
+    (fp32 runs do not) and still give valid answers and images."""
+    import dataclasses
+    from unimm.pipeline import Pipeline
+    from unimm.train.run import load_run
+    cfg = tiny(tiny_tokenizer, f"paradigm={paradigm}", "train.max_steps=2")
+    Trainer(cfg, tmp_path / paradigm, progress=False).fit()
+    seen = {}
+    for precision in ("fp32", "bf16"):
+        parts = load_run(tmp_path / paradigm, torch.device("cpu"))
+        parts.cfg = dataclasses.replace(parts.cfg, eval=dataclasses.replace(
+            parts.cfg.eval, precision=precision))
+        pipe = Pipeline(parts)
+        flags = []
+        hook = pipe.model.backbone.register_forward_pre_hook(
+            lambda *a: flags.append(torch.is_autocast_enabled("cpu")))
+        img = ShapesWorld("val", cfg.data.world).vqa_example(0).image
+        ans = pipe.answer([img], ["How many shapes are there?"], max_new=4)
+        out = pipe.draw(["a red circle"], seed=0)
+        hook.remove()
+        assert isinstance(ans[0], str) and out[0].shape == (*img.shape[:2], 3)
+        seen[precision] = set(flags)
+    assert seen == {"fp32": {False}, "bf16": {True}}
+    with pytest.raises(ValueError, match="precision"):
+        tiny(tiny_tokenizer, "eval.precision=fp16")

@@ -51,6 +51,12 @@ class Pipeline:
         self.default_guidance = ev.guidance
         self.default_edit_guidance = ev.guidance if ev.edit_guidance is None else ev.edit_guidance
         self.default_sampling = SamplingConfig(ev.temperature, ev.top_k, ev.top_p)
+        self.precision = ev.precision
+
+    def _autocast(self):
+        """The run's sampling precision (config eval.precision) around a network call."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
 
     @classmethod
     def load(cls, run: str | os.PathLike | None = None, device: str = "auto",
@@ -132,7 +138,8 @@ class Pipeline:
             chunk = turns[i:i + MAX_BATCH]
             prefix = max(len(t.text) for t in chunk) + self.vocab.n_image + 6
             n_new = min(max_new, self.cfg.model.max_seq_len - prefix)
-            ids = self.paradigm.generate_text(self.model, chunk, n_new, sampling, gen)
+            with self._autocast():
+                ids = self.paradigm.generate_text(self.model, chunk, n_new, sampling, gen)
             out += [self.parts.text_tok.decode(x).strip() for x in ids]
         return out if reasoning else [final_answer(t) for t in out]
 
@@ -161,8 +168,9 @@ class Pipeline:
         gen = _generator(seed, self.device)
         out = []
         for i in range(0, len(turns), MAX_BATCH):
-            made = self.paradigm.generate_images(self.model, turns[i:i + MAX_BATCH], guidance,
-                                                 sampling, gen)
+            with self._autocast():
+                made = self.paradigm.generate_images(self.model, turns[i:i + MAX_BATCH],
+                                                     guidance, sampling, gen)
             out += list(self.paradigm.to_pixels(self.parts.image_tok, made))
         return out
 

@@ -486,6 +486,11 @@ def measure(spec: dict) -> dict:
     row["generation"]["sampling"] = dataclasses.asdict(sampling)
     row["generation"]["bandwidth"] = decode_bandwidth(parts, model, t2i, row["generation"],
                                                       spec["machine"])
+    if spec.get("bf16"):
+        # the same timings with sampling under bf16 autocast (eval.precision = "bf16")
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            row["generation_bf16"] = measure_generation(parts, model, dev, t2i, sampling,
+                                                        repeats, warmup)
     if spec.get("compile") and isinstance(parts.paradigm, Autoregressive):
         # the same timings with compiled decoding steps (model/decode.py); compiles happen in
         # the warm-up runs, one per (rows, cache capacity)
@@ -548,7 +553,8 @@ def check_options(paradigms: list[str], sizes: list[str], device: str, threads: 
 
 def bench_speed(config: Path, paradigms: list[str], sizes: list[str], out_dir: Path,
                 repeats: int = 5, device: str = "cpu", threads: int = 1, quick: bool = False,
-                tokenizer: Path | None = None, compile: bool = False) -> dict:
+                tokenizer: Path | None = None, compile: bool = False,
+                bf16: bool = False) -> dict:
     from ..train.config import RunConfig
     from ..train.run import resolve_device
     from ..utils.config import load_config
@@ -569,13 +575,13 @@ def bench_speed(config: Path, paradigms: list[str], sizes: list[str], out_dir: P
             for name in paradigms:
                 spec = {"config": str(config), "paradigm": name, "size": size, "device": dev.type,
                         "threads": threads, "repeats": repeats, "work": str(work),
-                        "machine": machine, "compile": compile}
+                        "machine": machine, "compile": compile, "bf16": bf16}
                 rows.append(in_child("unimm.bench.speed:measure", spec, work,
                                      f"{spec['paradigm']} @ {spec['size']}"))
                 print(_summary(rows[-1]), flush=True)
     result = {"conditions": start, "conditions_end": conditions(), "config": str(config),
               "device": dev.type, "threads": threads, "repeats": repeats, "quick": quick,
-              "compile": compile,
+              "compile": compile, "bf16": bf16,
               "tokenizer": str(tokenizer) if tokenizer else "random weights (config's shape)",
               "machine": machine, "rows": rows}
     out_dir = Path(out_dir)
@@ -690,6 +696,18 @@ def markdown(result: dict) -> str:
                             c["bandwidth"]["b1_g1.5"]["step_over_floor"],
                             c["compile_failed"] or "no"]
                            for r in rows if (c := r.get("generation_compiled"))]))
+    half = [r for r in rows if r.get("generation_bf16")]
+    if half:
+        out.append("\n### Sampling under bf16 autocast (`eval.precision = \"bf16\"`)\n\n"
+                   "The same timings with the network under bf16 autocast (outputs may differ "
+                   "from fp32); speed-up = fp32 time / bf16 time.\n\n")
+        out.append(_table(["paradigm", "size", "s / image b1", "s / image b16", "speed-up b1",
+                           "speed-up b16", "CFG cost b1", "CFG cost b16"],
+                          [[r["paradigm"], r["size"], c["s_per_image_b1"], c["s_per_image_b16"],
+                            r["generation"]["s_per_image_b1"] / c["s_per_image_b1"],
+                            r["generation"]["s_per_image_b16"] / c["s_per_image_b16"],
+                            c["cfg_cost"]["b1"], c["cfg_cost"]["b16"]]
+                           for r in half if (c := r["generation_bf16"])]))
     out.append("\n## Understanding (paradigm.generate_text, batch 1, <eos> masked out)\n\n")
     out.append(_table(["paradigm", "size", "tokens", "decode forwards", "time to first token s",
                        "total s", "tokens/s", "tokens/s after the first"],

@@ -407,6 +407,9 @@ def bench_speed_cmd(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Also time "
                                            "autoregressive generation with compiled decoding "
                                            "steps (default: on, off with --quick)."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="Also time generation "
+                                        "under bf16 autocast (eval.precision = bf16; default: "
+                                        "on, off with --quick)."),
     out: Path = typer.Option(Path("results/speed"), "-o", "--out"),
 ):
     """Our own speed: machine peaks, training tokens/s + MFU, seconds per image, cache gains,
@@ -417,7 +420,8 @@ def bench_speed_cmd(
     size_list = [s.strip() for s in (sizes or ("default" if quick else "default,50m")).split(",")
                  if s.strip()]
     r = bench_speed(config, names, size_list, out, repeats, device, threads, quick, tokenizer,
-                    compile=not quick if compile is None else compile)
+                    compile=not quick if compile is None else compile,
+                    bf16=not quick if bf16 is None else bf16)
     typer.echo(markdown(r))
     typer.echo(f"wrote {out}/speed.md, .json, .png")
 
