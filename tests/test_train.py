@@ -233,7 +233,7 @@ def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
     r = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "0.05",
                         "--config", "configs/tiny.toml", "--paradigms", "masked,flow",
                         "--init", str(tmp_path / "bp" / "ar"), "--jobs", "2", "--quick",
-                        "--repeats", "1", "--set", "masked.shift=true",
+                        "--repeats", "1", "--with-start", "--set", "masked.shift=true",
                         "--set", "flow.predict=codes", "-o", str(tmp_path / "warm")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -242,6 +242,9 @@ def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
     rows = {row["paradigm"]: row for row in res["rows"]}
     assert rows["masked"]["settings"]["shift"] is True
     assert rows["flow"]["settings"]["predict"] == "codes"
+    # the start row: the init run itself, evaluated with the same eval, trained 0 steps here
+    assert list(rows) == ["masked", "flow", "start (ar)"] and rows["start (ar)"]["steps"] == 0
+    assert rows["start (ar)"]["vqa"] is not None and (tmp_path / "warm/start/eval.json").is_file()
     for name in ("masked", "flow"):
         cfg = json.loads((tmp_path / "warm" / name / "config.json").read_text())["config"]
         assert cfg["train"]["init_from"] == str(tmp_path / "bp" / "ar")
@@ -251,6 +254,9 @@ def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "1",
                           "--paradigms", "ar,nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "available" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "1",
+                          "--with-start"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--init" in bad.stderr
 
 
 def test_several_questions_per_picture_train(tiny_tokenizer, tmp_path):

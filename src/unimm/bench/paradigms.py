@@ -96,7 +96,11 @@ def _sampling_speed(run_dir: Path, repeats: int) -> dict:
 
 def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir: Path,
                     overrides: list[str], tokenizer: Path | None = None, quick: bool = False,
-                    repeats: int = 5, init: Path | None = None, jobs: int = 1) -> dict:
+                    repeats: int = 5, init: Path | None = None, jobs: int = 1,
+                    with_start: bool = False) -> dict:
+    """Train `paradigms` for `minutes` each (from `init` when given), evaluate each on test and
+    time its sampling. `with_start` also evaluates the `init` run itself, untrained here, as a
+    row named `start (PARADIGM)`: what every warm-started paradigm began from."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if init is not None:
@@ -120,17 +124,22 @@ def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir:
     for name in names:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
     _run_all([train(n) for n in names], jobs, [log(n, "train") for n in names])
-    _run_all([["eval", "--run", str(out_dir / n), "--split", "test", "-o",
-               str(out_dir / n / "eval.json"), *(["--quick"] if quick else [])]
-              for n in paradigms], jobs, [log(n, "eval") for n in paradigms])
+    # (run dir, where its eval goes, row label, trained here?)
+    evals = [(out_dir / n, out_dir / n / "eval.json", n, True) for n in paradigms]
+    if with_start and init is not None:
+        start = json.loads((Path(init) / "config.json").read_text())["config"]["paradigm"]
+        (out_dir / "start").mkdir(parents=True, exist_ok=True)
+        evals.append((Path(init), out_dir / "start" / "eval.json", f"start ({start})", False))
+    _run_all([["eval", "--run", str(run), "--split", "test", "-o", str(dest),
+               *(["--quick"] if quick else [])] for run, dest, _, _ in evals], jobs,
+             [dest.with_suffix(".log") if jobs > 1 else None for _, dest, _, _ in evals])
     rows = []
-    for name in paradigms:
-        run = out_dir / name
-        m = json.loads((run / "eval.json").read_text())["metrics"]
-        tps, steps = _train_tokens_per_s(run)
+    for run, dest, name, trained in evals:
+        m = json.loads(dest.read_text())["metrics"]
+        tps, steps = _train_tokens_per_s(run) if trained else (None, 0)
         cfg = json.loads((run / "config.json").read_text())["config"]
         row = {"paradigm": name, "steps": steps, "train_tokens_per_s": tps,
-               "settings": cfg.get(name, {}),
+               "settings": cfg.get(cfg["paradigm"], {}) if trained else {},
                "vqa": m.get("vqa/overall"), "caption": m.get("caption/scene_correct"),
                "t2i_full_scene": m.get("t2i/full_scene"), "geneval": m.get("geneval/overall"),
                "edit": m.get("edit/success"), "holdout_t2i": m.get("holdout/t2i_pair_drawn"),
@@ -140,7 +149,8 @@ def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir:
         print({k: row[k] for k, _, _ in COLUMNS}, flush=True)
     result = {"conditions": conditions(), "config": str(config), "minutes": minutes,
               "init": str(init) if init else None, "jobs": jobs,
-              "overrides": overrides, "quick_eval": quick, "rows": rows}
+              "overrides": overrides, "quick_eval": quick, "with_start": with_start,
+              "rows": rows}
     (out_dir / "paradigms.json").write_text(json.dumps(result, indent=2))
     (out_dir / "paradigms.md").write_text(markdown(result))
     plot(rows, out_dir / "paradigms.png", minutes)

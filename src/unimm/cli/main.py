@@ -375,6 +375,9 @@ def bench_paradigms_cmd(
                                         "run (weights + tokenizers; train.init_from)."),
     jobs: int = typer.Option(1, min=1, max=64, help="Trainings / evaluations run at once (each "
                              "at the config's thread count; sampling is timed one at a time)."),
+    with_start: bool = typer.Option(False, help="With --init: also evaluate the --init run itself "
+                                    "(untrained here) as a 'start' row, the point every paradigm "
+                                    "began from."),
     out: Path = typer.Option(Path("results/paradigms"), "-o", "--out"),
 ):
     """Train every paradigm on the same budget, evaluate, time sampling; table + PNG."""
@@ -386,7 +389,10 @@ def bench_paradigms_cmd(
         raise ValueError(f"unknown paradigm(s) {unknown}; available: {', '.join(PARADIGMS)}")
     if init is not None and not (init / "model.safetensors").is_file():
         raise ValueError(f"--init {init}: not a finished run (no model.safetensors there)")
-    r = bench_paradigms(config, names, minutes, out, set_, tokenizer, quick, repeats, init, jobs)
+    if with_start and init is None:
+        raise ValueError("--with-start needs --init RUN (the run to evaluate as the start row)")
+    r = bench_paradigms(config, names, minutes, out, set_, tokenizer, quick, repeats, init, jobs,
+                        with_start)
     typer.echo(markdown(r))
     typer.echo(f"wrote {out}/paradigms.md, .json, .png")
 
