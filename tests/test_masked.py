@@ -197,3 +197,22 @@ def test_tiny_run_end_to_end(tiny_tokenizer, tmp_path):
     from unimm.demo import run_demo
     report = run_demo(tmp_path / "demo", tmp_path / "run", 0)          # `unimm demo --run`
     assert "answers right" in Path(report).read_text()
+    # `unimm bench decoding --vary confidence_noise=0,5 --guidance 1.5`: one row per setting,
+    # each drawn with that setting, and the run's own setting restored afterwards
+    from unimm.bench.decoding import bench_decoding, markdown, parse_vary
+    from unimm.utils.config import ConfigError
+    vary = parse_vary(["confidence_noise=0,5"], pipe.paradigm)
+    assert vary == {"confidence_noise": [0, 5]}
+    seen = []
+    draw = pipe.draw
+    pipe.draw = lambda *a, **k: seen.append(pipe.paradigm.cfg.confidence_noise) or draw(*a, **k)
+    r = bench_decoding(pipe, n_t2i=3, n_edit=0, n_geneval=0, vary=vary, guidance=[1.5])
+    assert [row["confidence_noise"] for row in r["rows"]] == [0, 5] and seen == [0.0, 5.0]
+    assert pipe.paradigm.cfg.confidence_noise == 0.0 and r["rows"][0]["edit_success"] is None
+    assert "| confidence_noise | guidance |" in markdown(r)
+    for bad, says in [(["shift"], "KEY=V1,V2"), (["nope=1"], "its settings: cfg_dropout"),
+                      (["confidence_noise=-1"], "confidence_noise must be >= 0"),
+                      (["steps=two"], "expected an integer"),
+                      (["steps=2", "masked.steps=3"], "given twice")]:
+        with pytest.raises(ConfigError, match=says):
+            parse_vary(bad, pipe.paradigm)

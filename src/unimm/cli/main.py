@@ -350,16 +350,36 @@ def bench_world_cmd(
 @bench_app.command("decoding")
 def bench_decoding_cmd(
     run: Optional[Path] = typer.Option(None, help=RUN_HELP),
-    n_t2i: int = typer.Option(150, min=1), n_edit: int = typer.Option(100, min=1),
-    n_geneval: int = typer.Option(20, min=1, help="GenEval-style prompts per category."),
+    n_t2i: int = typer.Option(150, min=1), n_edit: int = typer.Option(100, min=0, help="0 skips editing."),
+    n_geneval: int = typer.Option(20, min=0, help="GenEval-style prompts per category (0 skips them)."),
+    vary: list[str] = typer.Option([], "--vary", help="KEY=V1,V2: also sweep one of the run's "
+                                   "paradigm sampler settings (e.g. confidence_noise=0,3,10 for "
+                                   "masked / mmada, steps=10,20 for flow); repeatable, crossed."),
+    guidance: str = typer.Option("", help="Comma-separated scales: greedy decoding at these "
+                                 "instead of the standard sampling settings."),
+    seed: int = typer.Option(0, help="Sampling seed (the same for every row)."),
     out: Path = typer.Option(Path("results/bench_decoding.json"), "-o", "--out"),
 ):
-    """Image-sampling settings (greedy / temperature / nucleus, guidance) measured on val."""
-    from ..bench.decoding import bench_decoding
-    from ..utils.io import write_json
-    r = bench_decoding(_pipe(run), n_t2i, n_edit, n_geneval)
+    """Image-sampling settings (greedy / temperature / nucleus, guidance, the paradigm's own
+    sampler settings) measured on val; JSON + a Markdown table next to it."""
+    from ..bench.decoding import bench_decoding, markdown, parse_vary
+    from ..utils.io import write_json, write_text
+    scales = None
+    if guidance.strip():
+        try:
+            scales = [float(g) for g in guidance.split(",") if g.strip()]
+        except ValueError:
+            raise ValueError(f"--guidance {guidance!r}: expected comma-separated numbers "
+                             "such as 1,1.5,3") from None
+        if not scales or not all(0 <= g <= 20 for g in scales):
+            raise ValueError(f"--guidance {guidance!r}: scales must lie in [0, 20]")
+    pipe = _pipe(run)
+    r = bench_decoding(pipe, n_t2i, n_edit, n_geneval, seed, parse_vary(vary, pipe.paradigm),
+                       scales)
     write_json(out, r)
-    typer.echo(f"wrote {out}")
+    write_text(out.with_suffix(".md"), markdown(r))
+    typer.echo(markdown(r))
+    typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 @bench_app.command("paradigms")
