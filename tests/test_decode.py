@@ -72,8 +72,8 @@ def test_static_step_equals_eager_step(kw):
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on CPU needs a C++ compiler")
-@pytest.mark.parametrize("code_mlp", [0, 24])
-def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp):
+@pytest.mark.parametrize("code_mlp,backend", [(24, "aoti"), (0, "inductor")])
+def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
     m = model(code_mlp=code_mlp)
     par = Autoregressive(V)
     ts = prompts(2)
@@ -81,17 +81,28 @@ def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp):
                                          for _ in range(V.n_image)]) for i in range(2)]
     with torch.inference_mode():
         want_img = par.generate_images(m, ts, 2.0, GREEDY)
+        want_one = par.generate_images(m, ts[:1], 1.0, GREEDY)            # a 1-row batch
         want_txt = par.generate_text(m, questions, 6, GREEDY)
-        m.compile_decode()
+        m.compile_decode(backend=backend)
         assert m.new_cache(2, 70).max_len == 128          # capacities in steps of 64
         got_img = par.generate_images(m, ts, 2.0, GREEDY)
+        got_one = par.generate_images(m, ts[:1], 1.0, GREEDY)
         got_txt = par.generate_text(m, questions, 6, GREEDY)
         assert m.__dict__["_decode"].failed is None      # it really ran compiled
+        if backend == "aoti":       # rows are dynamic: one library per (capacity, slice)
+            assert len(m.__dict__["_decode"]._aoti) == 2
         with pytest.raises(ValueError, match="filled slots"):
             cache = m.new_cache(1, 8)
             m.decode_logits(torch.tensor([[1]]), torch.zeros(1, 1, 3, dtype=torch.long),
                             torch.ones(1, cache.max_len, dtype=torch.bool), cache, 3, 0, 8)
+        with pytest.raises(ValueError, match="do not fit a cache of 2 rows"):
+            cache = m.new_cache(2, 8)
+            cache.length = 1
+            m.decode_logits(torch.tensor([[1]]), torch.zeros(1, 1, 3, dtype=torch.long),
+                            torch.ones(1, cache.max_len, dtype=torch.bool), cache, 1, 0, 8)
         m.compile_decode(False)
         assert m.new_cache(2, 70).max_len == 70
-    assert torch.equal(got_img, want_img)
+        with pytest.raises(ValueError, match="unknown decoding compiler 'tvm'"):
+            m.compile_decode(backend="tvm")
+    assert torch.equal(got_img, want_img) and torch.equal(got_one, want_one)
     assert got_txt == want_txt

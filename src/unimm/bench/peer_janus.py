@@ -15,8 +15,8 @@ The children also return their outputs, so the parent checks that the greedy ima
 answers are identical before it reports any ratio (a ratio of different work means nothing).
 
 Our side runs twice: eagerly, and (`compile`, default on except in quick runs) with compiled
-decoding steps (`TokenModel.compile_decode`, model/decode.py), whose compiles happen in the
-warm-up; both are compared with the same transformers run.
+decoding steps (`TokenModel.compile_decode`, model/decode.py: AOTInductor, no per-call guards),
+whose compiles happen in the warm-up; both are compared with the same transformers run.
 
 Spec keys (all optional): config, quick (a tiny shape and fewer prompts, for the CI smoke test),
 repeats, warmup, threads, guidance, max_new, batch, rounds, compile. `peer_job` is the `unimm bench
@@ -185,7 +185,7 @@ def peer_job(spec: dict) -> dict:
                  "rounds": spec.get("rounds", 2)})
     s = r["settings"]
     rows = []
-    for side, label in (("ours", ""), ("compiled", ", ours with compiled decoding")):
+    for side, label in (("ours", ""), ("compiled", ", ours with compiled decoding, AOTInductor")):
         for name, job in r["jobs"].items():
             if side not in job:
                 continue

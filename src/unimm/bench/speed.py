@@ -682,8 +682,8 @@ def markdown(result: dict) -> str:
     if comp:
         out.append("\n### Compiled decoding steps (`TokenModel.compile_decode`, model/decode.py)"
                    "\n\nThe same timings with each one-token step compiled once per shape "
-                   "(compiles in the warm-up); speed-up = eager time / compiled time; step and "
-                   "floor as above.\n\n")
+                   "by AOTInductor (compiles in the warm-up); speed-up = eager time / compiled "
+                   "time; step and floor as above.\n\n")
         out.append(_table(["paradigm", "size", "s / image b1", "s / image b16", "speed-up b1",
                            "speed-up b16", "CFG cost b1", "CFG cost b16", "step ms b1",
                            "step / floor b1", "step / floor b1 + CFG", "fell back to eager"],

@@ -180,11 +180,12 @@ class TokenModel(nn.Module):
     def forward(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.logits(self.hidden(tokens, pos, mask))
 
-    def compile_decode(self, on: bool = True) -> None:
+    def compile_decode(self, on: bool = True, backend: str = "aoti") -> None:
         """Run `decode_logits` through a compiled fixed-shape step (model/decode.py; one compile
-        per rows x cache capacity, the first step pays it), or eagerly again (on=False)."""
+        per rows x cache capacity, the first step pays it), or eagerly again (on=False).
+        backend: "aoti" (AOTInductor, no per-call guards) or "inductor" (torch.compile)."""
         from unimm.model.decode import DecodeStep
-        self.__dict__["_decode"] = DecodeStep(self) if on else None
+        self.__dict__["_decode"] = DecodeStep(self, backend) if on else None
 
     def decode_logits(self, tok: Tensor, pos: Tensor, slots: Tensor, cache, start: int,
                       lo: int, hi: int) -> Tensor:
