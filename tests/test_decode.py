@@ -106,3 +106,21 @@ def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
             m.compile_decode(backend="tvm")
     assert torch.equal(got_img, want_img) and torch.equal(got_one, want_one)
     assert got_txt == want_txt
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_without_aotinductor_decoding_falls_back_to_torch_compile(monkeypatch):
+    def unavailable(*a, **k):
+        raise RuntimeError("no AOTInductor in this torch")
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", unavailable)
+    m = model()
+    par = Autoregressive(V)
+    ts = prompts(2)
+    with torch.inference_mode(), pytest.warns(UserWarning, match="using torch.compile"):
+        want = par.generate_images(m, ts, 2.0, GREEDY)
+        m.compile_decode()
+        got = par.generate_images(m, ts, 2.0, GREEDY)
+    step = m.__dict__["_decode"]
+    assert "no AOTInductor" in step.aoti_failed and step.backend == "inductor"
+    assert step.failed is None and torch.equal(got, want)

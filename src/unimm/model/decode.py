@@ -97,6 +97,10 @@ def static_step(model, tok: Tensor, pos: Tensor, slots: Tensor, idx: Tensor,
     return logits, torch.stack(keys), torch.stack(values)
 
 
+def _reason(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+
+
 class _Step(torch.nn.Module):
     """static_step with the vocabulary slice fixed, as a module for torch.export."""
 
@@ -140,6 +144,7 @@ class DecodeStep:
         self.model = model
         self.backend = backend
         self.failed = None       # why compiling failed (then every step runs eagerly)
+        self.aoti_failed = None  # why AOTInductor failed (then torch.compile is used)
         self._aoti = {}          # shape key -> loaded AOTInductor runner
         self._dir = None         # where the compiled libraries live (removed with this object)
         # freezing: weights become constants of the graph (prepacked for oneDNN on CPU), so
@@ -197,19 +202,25 @@ class DecodeStep:
                              f"{tuple(pos.shape)}, slots {tuple(slots.shape)} do not fit a "
                              f"cache of {r} rows x {m} slots")
         idx = torch.tensor([start], device=tok.device)
-        if self.failed is None:
-            args = (tok, pos, slots, idx, cache.k, cache.v)
+        out = None
+        if self.backend == "aoti" and self.failed is None:
+            try:   # the library assumes the contiguous layout it was traced with
+                args = tuple(x.contiguous() for x in (tok, pos, slots, idx, cache.k, cache.v))
+                out = self._runner(args, lo, hi)(*args)
+            except Exception as err:   # an older torch, an unsupported op, ...: torch.compile
+                self.aoti_failed = _reason(err)
+                self.backend = "inductor"
+                warnings.warn(f"AOTInductor decoding unavailable, using torch.compile "
+                              f"({self.aoti_failed})")
+        if out is None and self.backend == "inductor" and self.failed is None:
             try:
-                if self.backend == "aoti":
-                    # the library assumes the contiguous layout it was traced with
-                    args = tuple(x.contiguous() for x in args)
-                    logits, k, v = self._runner(args, lo, hi)(*args)
-                else:
-                    logits, k, v = self.fn(*args, lo, hi)
+                out = self.fn(tok, pos, slots, idx, cache.k, cache.v, lo, hi)
             except Exception as err:   # no C++ compiler, an unsupported op, ...: run eagerly
-                self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+                self.failed = _reason(err)
                 warnings.warn(f"compiled decoding unavailable, decoding eagerly ({self.failed})")
-        if self.failed is not None:
+        if out is not None:
+            logits, k, v = out
+        else:
             logits, k, v = static_step(self.model, tok, pos, slots, idx, cache.k, cache.v,
                                        lo, hi)
         cache.k.index_copy_(3, idx, k.to(cache.k.dtype))
