@@ -29,7 +29,9 @@ Two compilers (`DecodeStep(model, backend=...)`):
 - "inductor": `torch.compile(fullgraph, dynamic=False)`, guarded by Dynamo at every call, one
   graph per (rows, capacity).
 Both freeze the weights into the compiled code (prepacked on CPU), so a compiled step is for
-inference only and stale once the weights change.
+inference only and stale once the weights change. If AOTInductor fails (an older torch, an
+unsupported op), the step falls back to `torch.compile`, and from there to eager, each time
+with a warning that says why.
 
 Letters: r rows, l layers, h query heads, g kv heads, m cache slots, e head dim, d model dim.
 """
