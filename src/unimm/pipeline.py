@@ -21,7 +21,7 @@ import torch
 from .data.images import ImageError, load_image
 from .data.text import final_answer
 from .paradigms.base import Turn
-from .paradigms.sampling import GREEDY, SamplingConfig
+from .paradigms.sampling import GREEDY, MAX_GUIDANCE, SamplingConfig
 from .train.run import Parts, RunError, load_run, resolve_device
 
 MAX_PROMPT_CHARS = 1000
@@ -153,8 +153,8 @@ class Pipeline:
             guidance = self.default_guidance if images is None else self.default_edit_guidance
         guidance = float(guidance)
         sampling = self.default_sampling if sampling is None else sampling
-        if not 0 <= guidance <= 20:
-            raise InputError(f"guidance must lie in [0, 20], got {guidance}")
+        if not 0 <= guidance <= MAX_GUIDANCE:
+            raise InputError(f"guidance must lie in [0, {MAX_GUIDANCE:g}], got {guidance}")
         room = self.vocab.n_image * (2 if images is not None else 1) + 8
         what = "instruction" if images is not None else "prompt"
         ids = [self._ids(p, what, room) for p in prompts]

@@ -63,13 +63,15 @@ def parse_vary(items: list[str], paradigm) -> dict[str, list]:
             raise ConfigError(f"--vary: {key!r} is given twice")
         values = [_parse_value(t.strip()) for t in text.split(",")]
         for v in values:
-            with_value(cfg, name, key, v)          # raises ConfigError if not accepted
+            with_values(cfg, name, {key: v})       # raises ConfigError if not accepted
         out[key] = values
     return out
 
 
-def with_value(cfg, name: str, key: str, value):
-    return from_dict(type(cfg), {**to_dict(cfg), key: value}, where=name)
+def with_values(cfg, name: str, over: dict):
+    """The paradigm config `cfg` with the settings in `over` replaced, checked as the config
+    loader checks them."""
+    return from_dict(type(cfg), {**to_dict(cfg), **over}, where=name)
 
 
 def bench_decoding(pipe, n_t2i: int = 150, n_edit: int = 100, n_geneval: int = 20,
@@ -90,11 +92,8 @@ def bench_decoding(pipe, n_t2i: int = 150, n_edit: int = 100, n_geneval: int = 2
     try:
         for combo in combos:
             over = dict(zip(vary, combo))
-            if vary:
-                cfg = base
-                for k, v in over.items():
-                    cfg = with_value(cfg, pipe.paradigm.name, k, v)
-                pipe.paradigm.cfg = cfg
+            if over:
+                pipe.paradigm.cfg = with_values(base, pipe.paradigm.name, over)
             for g, t, k, p in settings:
                 rows.append({**over, **_scores(pipe, t2i, suite, eds, g, SamplingConfig(t, k, p),
                                               seed), "guidance": g, "temperature": t,

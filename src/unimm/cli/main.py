@@ -363,6 +363,7 @@ def bench_decoding_cmd(
     """Image-sampling settings (greedy / temperature / nucleus, guidance, the paradigm's own
     sampler settings) measured on val; JSON + a Markdown table next to it."""
     from ..bench.decoding import bench_decoding, markdown, parse_vary
+    from ..paradigms.sampling import MAX_GUIDANCE
     from ..utils.io import write_json, write_text
     scales = None
     if guidance.strip():
@@ -371,8 +372,8 @@ def bench_decoding_cmd(
         except ValueError:
             raise ValueError(f"--guidance {guidance!r}: expected comma-separated numbers "
                              "such as 1,1.5,3") from None
-        if not scales or not all(0 <= g <= 20 for g in scales):
-            raise ValueError(f"--guidance {guidance!r}: scales must lie in [0, 20]")
+        if not scales or not all(0 <= g <= MAX_GUIDANCE for g in scales):
+            raise ValueError(f"--guidance {guidance!r}: scales must lie in [0, {MAX_GUIDANCE:g}]")
     pipe = _pipe(run)
     r = bench_decoding(pipe, n_t2i, n_edit, n_geneval, seed, parse_vary(vary, pipe.paradigm),
                        scales)

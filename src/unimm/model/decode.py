@@ -135,9 +135,10 @@ def aoti_options(device: torch.device, small: bool) -> dict:
 
 
 class DecodeStep:
-    """`static_step` compiled once per (rows, capacity, vocabulary slice) and applied to a
-    KVCache: computes the step, writes the new keys/values at `start`, advances
-    `cache.length`, returns the logits."""
+    """`static_step` compiled (AOTInductor: see `_runner` for what one library serves;
+    torch.compile: once per rows x capacity x vocabulary slice) and applied to a KVCache:
+    computes the step, writes the new keys/values at `start`, advances `cache.length`,
+    returns the logits."""
 
     def __init__(self, model, backend: str = "aoti"):
         if backend not in BACKENDS:

@@ -181,9 +181,11 @@ class TokenModel(nn.Module):
         return self.logits(self.hidden(tokens, pos, mask))
 
     def compile_decode(self, on: bool = True, backend: str = "aoti") -> None:
-        """Run `decode_logits` through a compiled fixed-shape step (model/decode.py; one compile
-        per rows x cache capacity, the first step pays it), or eagerly again (on=False).
-        backend: "aoti" (AOTInductor, no per-call guards) or "inductor" (torch.compile)."""
+        """Run `decode_logits` through a compiled fixed-shape step (model/decode.py; the first
+        step of each new shape pays the compile), or eagerly again (on=False).
+        backend: "aoti" (AOTInductor, no per-call guards; one library per cache capacity for
+        up to 8 rows, one per row count above) or "inductor" (torch.compile, one graph per
+        rows x cache capacity)."""
         from unimm.model.decode import DecodeStep
         self.__dict__["_decode"] = DecodeStep(self, backend) if on else None
 

@@ -28,6 +28,7 @@ class SamplingConfig:
 
 
 GREEDY = SamplingConfig(temperature=0.0)
+MAX_GUIDANCE = 20.0   # accepted classifier-free guidance scales: [0, MAX_GUIDANCE]
 
 
 def sample(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:

@@ -14,6 +14,7 @@ from ..paradigms.decoupled import DecoupledConfig
 from ..paradigms.flow import FlowConfig
 from ..paradigms.masked import MaskedConfig
 from ..paradigms.mmada import MMaDAConfig
+from ..paradigms.sampling import MAX_GUIDANCE
 from ..tokenizers.train_image import TokenizerTrainConfig
 
 
@@ -145,8 +146,8 @@ class EvalConfig:
     def __post_init__(self):
         for name in ("guidance", "edit_guidance"):
             g = getattr(self, name)
-            if g is not None and not 0 <= g <= 20:
-                raise ValueError(f"eval.{name} must lie in [0, 20], got {g}")
+            if g is not None and not 0 <= g <= MAX_GUIDANCE:
+                raise ValueError(f"eval.{name} must lie in [0, {MAX_GUIDANCE:g}], got {g}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"eval.precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
