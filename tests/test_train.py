@@ -364,3 +364,41 @@ def test_sampling_precision_bf16_runs_the_network_under_autocast(tiny_tokenizer,
     assert seen == {"fp32": {False}, "bf16": {True}}
     with pytest.raises(ValueError, match="precision"):
         tiny(tiny_tokenizer, "eval.precision=fp16")
+
+
+def test_time_horizon_decays_on_the_budget_fraction(tiny_tokenizer, tmp_path):
+    """train.horizon = "time": after warm-up the cosine follows elapsed / budget (the LR is at
+    its floor when the budget is spent, however many steps that took); warm-up stays in steps."""
+    from unimm.train.trainer import lr_at
+    cfg = tiny(tiny_tokenizer, "train.horizon=time", "train.warmup_steps=2", "train.lr=1e-3",
+               "train.min_lr_ratio=0.1")
+    tc = cfg.train
+    assert lr_at(0, tc, 100, 0.9) == pytest.approx(5e-4)             # warm-up: steps
+    assert lr_at(5, tc, 100, 0.0) == pytest.approx(1e-3)
+    assert lr_at(5, tc, 100, 0.5) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert lr_at(5, tc, 100, 1.0) == lr_at(5, tc, 100, 3.0) == pytest.approx(1e-4)
+    tr = Trainer(cfg, tmp_path / "r", progress=False)
+    tr.budget_s, tr.step = 100.0, 4
+    for elapsed in (25.0, 75.0):
+        tr.elapsed = elapsed
+        assert tr.train_step()["lr"] == pytest.approx(lr_at(4, tc, tc.max_steps, elapsed / 100))
+        tr.step = 4
+    tr.budget_s = 0.0                                 # no budget: the step horizon again
+    tr.step = 4
+    assert tr.train_step()["lr"] == pytest.approx(lr_at(4, tc, tc.max_steps))
+
+
+def test_compiled_training_steps_match_eager_and_save_the_plain_model(tiny_tokenizer, tmp_path):
+    """train.compile: the same losses as eager (to float tolerance), and what is saved and
+    sampled is the plain backbone (no `_orig_mod.` keys)."""
+    eager = Trainer(tiny(tiny_tokenizer), tmp_path / "e", progress=False)
+    comp = Trainer(tiny(tiny_tokenizer, "train.compile=true"), tmp_path / "c", progress=False)
+    for _ in range(3):
+        a, b = eager.train_step()["loss"], comp.train_step()["loss"]
+        assert b == pytest.approx(a, rel=2e-2)
+    assert comp._compiled is not None                 # it did compile (no eager fallback)
+    assert type(comp.model.backbone).__name__ == "Backbone"
+    comp.checkpoint()
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "c" / "model.safetensors"), "pt") as f:
+        assert not any("_orig_mod" in k for k in f.keys())

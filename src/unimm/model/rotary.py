@@ -80,7 +80,9 @@ class Rotary(nn.Module):
         """pos: Long (b, t, 3) -> cos, sin: float32 (b, 1, t, p)."""
         if self.cos.dtype != torch.float32:  # `model.to(bf16)` cast the tables: rebuild them
             self.cos, self.sin = self._tables(self.cos.device)
-        if pos.device.type == "cpu":  # on accelerators, indexing asserts on the device instead
+        # on accelerators, indexing asserts on the device instead; a compiled graph skips the
+        # check (reading the values would break the graph in two)
+        if pos.device.type == "cpu" and not torch.compiler.is_compiling():
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= self.max_seq_len:
                 raise ValueError(f"positions must lie in [0, max_seq_len={self.max_seq_len}), "

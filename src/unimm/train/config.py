@@ -80,6 +80,15 @@ class TrainConfig:
     warmup_steps: int = 200
     max_steps: int = 20000            # schedule horizon; --minutes may shorten it (fixed once)
     minutes: float = 0.0              # wall-clock budget, 0 = none
+    # What the cosine decay follows under a wall-clock budget: "steps" fixes a step horizon once
+    # from the first 20 steps' speed (a run whose steps slow down stops before its LR decays);
+    # "time" follows the elapsed fraction of the budget, so the LR reaches its floor when the
+    # budget ends however the machine's speed drifts (the elapsed time is checkpointed, so a
+    # resumed run continues the same curve). Without a budget both follow max_steps.
+    horizon: Literal["steps", "time"] = "steps"
+    # Compile the backbone for training steps (torch.compile, dynamic shapes); the compile time
+    # counts in the budget. Falls back to eager, with a warning, if compiling fails.
+    compile: bool = False
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95

@@ -29,10 +29,15 @@ from .data import Encoder, TaskStream, make_source
 from .run import build_parts, prepare_tokenizers, resolve_device, save_config
 
 
-def lr_at(step: int, cfg, max_steps: int) -> float:
+def lr_at(step: int, cfg, max_steps: int, time_frac: float | None = None) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine to `min_lr_ratio` over the rest of the
+    step horizon, or over the elapsed fraction of the wall-clock budget (`time_frac`)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
+    if time_frac is None:
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
+    else:
+        frac = min(1.0, max(0.0, time_frac))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -67,6 +72,10 @@ class Trainer:
                                  cfg.data.weights(), tc.batch_size, tc.seed, tc.data_offset)
         self.step, self.max_steps, self.elapsed = 0, tc.max_steps, 0.0
         self.horizon_fixed = False
+        self.budget_s = 60.0 * tc.minutes          # fit(minutes=...) sets the run's own
+        self._compiled = None
+        if tc.compile:
+            self._compiled = torch.compile(self.model.backbone, dynamic=True)
         self.history: list[dict] = []
 
     def _warm_start(self, src: Path) -> None:
@@ -122,14 +131,16 @@ class Trainer:
     # ---- loop --------------------------------------------------------------------------------
     def train_step(self) -> dict:
         tc = self.cfg.train
-        lr = lr_at(self.step, tc, self.max_steps)
+        time_frac = (self.elapsed / self.budget_s if tc.horizon == "time" and self.budget_s
+                     else None)
+        lr = lr_at(self.step, tc, self.max_steps, time_frac)
         for g in self.opt.param_groups:
             g["lr"] = lr
         batch = self.stream.batch(self.step).to(self.device)
         self.model.train()
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
         gen = torch.Generator(device=self.device).manual_seed(tc.seed * 1_000_003 + self.step)
-        loss, stats = self._loss_backward(batch, gen, amp)
+        loss, stats = self._compiled_loss_backward(batch, gen, amp)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -140,6 +151,27 @@ class Trainer:
         self.step += 1
         return {"loss": loss.item(), "lr": lr, "grad_norm": float(gnorm),
                 "tokens": int(batch.valid.sum()), **stats}
+
+    def _compiled_loss_backward(self, batch, gen, amp) -> tuple[torch.Tensor, dict]:
+        """`_loss_backward` with the compiled backbone swapped in for this step only (the model
+        that is saved, evaluated and sampled from is always the plain one). A compile error
+        falls back to eager for the rest of the run; the failed step is redone eagerly."""
+        if self._compiled is None:
+            return self._loss_backward(batch, gen, amp)
+        plain = self.model.backbone
+        self.model._modules["backbone"] = self._compiled
+        try:
+            return self._loss_backward(batch, gen, amp)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: warn, train eagerly
+            if not type(e).__module__.startswith("torch._"):
+                raise
+            tqdm.write(f"warning: train.compile failed ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200]}); training eagerly")
+            self._compiled = None
+            self.opt.zero_grad(set_to_none=True)
+            return self._loss_backward(batch, gen, amp)
+        finally:
+            self.model._modules["backbone"] = plain
 
     def _loss_backward(self, batch, gen, amp) -> tuple[torch.Tensor, dict]:
         """Loss of the batch and its gradients. With train.length_groups > 1 the rows go in
@@ -180,6 +212,7 @@ class Trainer:
     def fit(self, minutes: float | None = None) -> dict:
         tc = self.cfg.train
         budget = 60.0 * (minutes if minutes is not None else tc.minutes)
+        self.budget_s = budget
         start_step, elapsed_0 = self.step, self.elapsed
         t_start = time.perf_counter() - self.elapsed
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress,
@@ -190,7 +223,13 @@ class Trainer:
             rec = self.train_step()
             tokens += rec.pop("tokens")
             self.elapsed = time.perf_counter() - t_start
-            if budget and not self.horizon_fixed and self.step - start_step == 20:
+            if budget and tc.horizon == "time" and self.step % tc.log_every == 0:
+                # the bar's total: the step count the budget will reach at the rate so far
+                bar.total = min(self.max_steps, max(self.step, int(
+                    self.step + (budget - self.elapsed) * (self.step - start_step)
+                    / max(self.elapsed - elapsed_0, 1e-6))))
+            if budget and tc.horizon == "steps" and not self.horizon_fixed \
+                    and self.step - start_step == 20:
                 # Fix the schedule horizon once from the measured rate; it is saved with the
                 # checkpoint, so a resumed run follows the same schedule.
                 per_step = (self.elapsed - elapsed_0) / 20
