@@ -304,3 +304,23 @@ def test_bf16_training_takes_the_explicit_path_and_stays_finite_on_padded_rows()
         y = m(x, positions_1d(2, 5), mask)
     y.float().sum().backward()
     assert torch.isfinite(y.float()).all() and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_last_token_only_equals_the_full_forward(name):
+    """`last=True` (a prompt fill before decoding) gives the last token's hidden state of the
+    full forward and writes the same keys/values into the cache; causal, masked and cached."""
+    cfg = CONFIGS[name]
+    m = make(cfg)
+    b, t = 2, 7
+    x, pos = torch.randn(b, t, cfg.dim), positions_1d(b, t)
+    span = span_mask(span_ids_from_ranges(t, [(2, 5)]))                 # (t, t) bidirectional
+    with torch.no_grad():
+        for mask in (None, span):
+            full = m(x, pos, mask)
+            assert close(m(x, pos, mask, last=True), full[:, -1:])
+            c1, c2 = m.new_cache(b, t + 3), m.new_cache(b, t + 3)
+            m(x, pos, mask, cache=c1)
+            got = m(x, pos, mask, cache=c2, last=True)
+            assert got.shape == (b, 1, cfg.dim) and close(got, full[:, -1:])
+            assert close(c1.k, c2.k) and close(c1.v, c2.v) and c2.length == t

@@ -34,6 +34,11 @@ def test_bench_peers_quick_smoke(tmp_path):
     run = xt["runs"][0]
     assert run["ours"]["tokens_per_step"] == run["x-transformers"]["tokens_per_step"]
     assert run["ours"]["losses"][0] == pytest.approx(run["x-transformers"]["losses"][0], rel=0.05)
+    # both of x-transformers' attention paths ran; the faster one is what we are compared with
+    variants = run["x-transformers_variants"]
+    assert len(variants) == 2 and run["x-transformers_best"] in variants
+    assert run["x-transformers"]["step"]["median_s"] == min(
+        v["step"]["median_s"] for v in variants.values())
     # same shape: the only extra parameters are the GLU biases x-transformers cannot drop
     shape = TRAIN_SHAPES["quick"]
     hidden = BackboneConfig(dim=shape["dim"], n_heads=shape["n_heads"]).mlp_hidden

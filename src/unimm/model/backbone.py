@@ -119,7 +119,7 @@ class Backbone(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=std)
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0) -> Tensor:
+                cache: KVCache | None = None, start: int = 0, last: bool = False) -> Tensor:
         """Hidden states (b, t, d) of the t input embeddings, after the final RMSNorm.
 
         x:     (b, t, d) input embeddings.
@@ -134,14 +134,20 @@ class Backbone(nn.Module):
                [start, start + t) (overwriting what was there) and attention reads [0, s).
                `cache.length` becomes start + t.
         start: write index in the cache; must be 0 without a cache.
+        last:  return the last token's hidden state only, (b, 1, d): the last block then
+               computes its attention output and MLP for that token alone (its keys/values
+               still cover all t and are written to the cache). What a prompt fill before
+               decoding needs: ~1/8 fewer FLOPs at 6 layers, the same values.
         """
         b, t, d = x.shape
         self._check_inputs(x, pos, cache, start)
         s = start + t
         attn_mask, is_causal = self._attn_mask(mask, b, t, s, x.device)
         rope = self.rotary.forward(pos)  # cos, sin: (b, 1, t, p), shared by all layers
+        n = len(self.blocks)
         for layer, block in enumerate(self.blocks):
-            x = block.forward(x, rope, attn_mask, is_causal, cache, layer, start)
+            x = block.forward(x, rope, attn_mask, is_causal, cache, layer, start,
+                              last and layer == n - 1)
         if cache is not None:
             cache.length = s
         return self.norm.forward(x)

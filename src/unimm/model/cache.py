@@ -12,7 +12,7 @@ Letters: l layers, b batch, g kv heads, m capacity (slots), e head dim, t new to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -23,6 +23,14 @@ class KVCache:
     k: Tensor  # (l, b, g, m, e)
     v: Tensor  # (l, b, g, m, e)
     length: int = 0  # slots [0, length) hold keys/values written by earlier calls
+    # Compiled decoding steps (model/decode.py) work on a compact copy of the first w slots,
+    # (k, v) each (l, b, g, w, e), instead of the whole capacity, and write their new slots only
+    # there: slots [pending, length) are then newer in the window than in k, v. `flush` copies
+    # them back in one block (a scattered write into the whole cache every step cost more than
+    # the step's attention); `update`, `clone` and `select_rows` flush first, and so must any
+    # other reader of k, v. `update` then drops the window (rebuilt from k, v when needed).
+    window: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    pending: int | None = field(default=None, repr=False)
 
     @classmethod
     def empty(cls, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
@@ -52,20 +60,32 @@ class KVCache:
             raise ValueError(f"writing [{start}, {start + t}) overflows the cache "
                              f"(max_len={self.max_len})")
 
+    def flush(self) -> None:
+        """Copy the slots only the window holds (see `window`) into k, v."""
+        if self.pending is not None:
+            p, s = self.pending, self.length
+            self.k[:, :, :, p:s] = self.window[0][:, :, :, p:s]
+            self.v[:, :, :, p:s] = self.window[1][:, :, :, p:s]
+            self.pending = None
+
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (b, g, t, e) at [start, start + t); return keys/values (b, g, s, e)
         for [0, s), s = start + t."""
         s = start + k.shape[2]
+        self.flush()
+        self.window = None
         self.k[layer, :, :, start:s] = k
         self.v[layer, :, :, start:s] = v
         return self.k[layer, :, :, :s], self.v[layer, :, :, :s]
 
     def clone(self) -> KVCache:
         """Independent copy (branch several continuations from one prefix)."""
+        self.flush()
         return KVCache(self.k.clone(), self.v.clone(), self.length)
 
     def select_rows(self, rows: Tensor | list[int]) -> KVCache:
         """New cache with the given rows (repeats allowed): e.g. [0, 0, 0, 0] turns a
         one-row prompt into four samples, [0, 1, 0, 1] pairs cond/uncond rows for CFG."""
+        self.flush()
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         return KVCache(self.k[:, rows], self.v[:, rows], self.length)

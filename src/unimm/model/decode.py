@@ -19,9 +19,11 @@ compare the greedy outputs).
 
 Two compilers (`DecodeStep(model, backend=...)`):
 - "aoti" (the default): the step is exported (`torch.export`) and compiled ahead of time by
-  AOTInductor into a shared library, loaded in this process, one per (capacity, vocabulary
-  slice, dtypes, device) for batches of up to 8 rows (a dynamic dimension), and one per row
-  count above that. A call runs the
+  AOTInductor into a shared library, loaded in this process, one per (vocabulary slice,
+  dtypes, device) for batches of up to 8 rows (a dynamic dimension), and one per row count
+  above that; the number of cache slots is dynamic too, and each step reads only a window of
+  the cache's first slots (the filled ones, rounded up to 16; `DecodeStep._window`), not its
+  whole capacity. A call runs the
   generated C++ directly: no Dynamo guards and no Python wrapper around each kernel. At the
   Janus-compatible default size on the 2-core dev CPU, a guided batch-1 step (2 rows) took
   1.0 ms this way against 1.8 ms under `torch.compile` and 4.4 ms eagerly (median of 7
@@ -118,6 +120,7 @@ BACKENDS = ("aoti", "inductor")
 
 
 SMALL = 8    # row counts up to this share one library with a dynamic number of rows
+WINDOW = 16  # AOTInductor steps read the cache's first slots in multiples of this many
 
 
 def aoti_options(device: torch.device, small: bool) -> dict:
@@ -156,30 +159,33 @@ class DecodeStep:
                                 dynamic=False, options={"freezing": True})
 
     def _runner(self, args: tuple, lo: int, hi: int):
-        """The AOTInductor library for these inputs, compiled on first use: one per (cache
-        capacity, vocabulary slice, dtypes, device) for batches of up to SMALL rows, whose
-        number of rows is dynamic (traced and tuned at 2 rows; a 1-row library ran slower
-        than this one does at 1 row), and one per exact row count above that (GEMM kernels
-        tuned at 2 rows lost to oneDNN's at 32: 0.83 s against 0.59 s per guided batch of
-        16)."""
+        """The AOTInductor library for these inputs, compiled on first use: one per
+        (vocabulary slice, dtypes, device) for batches of up to SMALL rows, whose number of rows
+        is dynamic (traced and tuned at 2 rows; a 1-row library ran slower than this one does
+        at 1 row), and one per exact row count above that (GEMM kernels tuned at 2 rows lost to
+        oneDNN's at 32: 0.83 s against 0.59 s per guided batch of 16). The number of cache
+        slots is dynamic in every library: steps read a window of the cache (`_window`)."""
         tok, pos, slots, idx, k_cache, v_cache = args
         r = tok.shape[0]
-        key = ("small" if r <= SMALL else r, tuple(k_cache.shape[:1] + k_cache.shape[2:]), lo,
-               hi, k_cache.dtype, next(self.model.parameters()).dtype, str(tok.device))
+        key = ("small" if r <= SMALL else r, lo, hi, k_cache.dtype,
+               next(self.model.parameters()).dtype, str(tok.device))
         run = self._aoti.get(key)
         if run is None:
             if self._dir is None:
                 self._dir = tempfile.TemporaryDirectory(prefix="unimm-decode-")
             path = Path(self._dir.name) / f"step{len(self._aoti)}.pt2"
-            example, dynamic = args, None
-            if r <= SMALL:
-                rows = torch.export.Dim("rows", min=1, max=SMALL)
-                dynamic = ({0: rows}, {0: rows}, {0: rows}, None, {1: rows}, {1: rows})
-                # traced with 2 rows (a 1-row example would be specialised to 1)
-                example = tuple(x.contiguous() for x in (
-                    tok[:1].expand(2, -1), pos[:1].expand(2, -1, -1), slots[:1].expand(2, -1),
-                    idx, k_cache[:, :1].expand(-1, 2, -1, -1, -1),
-                    v_cache[:, :1].expand(-1, 2, -1, -1, -1)))
+            m = torch.export.Dim("slots", min=2, max=self.model.cfg.max_seq_len + WINDOW)
+            rows = torch.export.Dim("rows", min=1, max=SMALL) if r <= SMALL else None
+            re = 2 if r <= SMALL else r   # traced with 2 rows (1 would be specialised to 1)
+            me = 40                       # and 40 slots: a size no other dimension has
+            l, _, g, _, e = k_cache.shape
+            example = (tok[:1].expand(re, -1).contiguous(),
+                       pos[:1].expand(re, -1, -1).contiguous(),
+                       torch.ones(re, me, dtype=slots.dtype, device=slots.device),
+                       torch.tensor([me // 2], device=idx.device),
+                       k_cache.new_zeros(l, re, g, me, e), v_cache.new_zeros(l, re, g, me, e))
+            dynamic = ({0: rows}, {0: rows}, {0: rows, 1: m}, None, {1: rows, 3: m},
+                       {1: rows, 3: m})
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(_Step(self.model, lo, hi), example, strict=False,
@@ -190,6 +196,27 @@ class DecodeStep:
                 run = torch._inductor.aoti_load_package(str(path))
             self._aoti[key] = run
         return run
+
+    @staticmethod
+    def _window(cache: KVCache, start: int) -> tuple[Tensor, Tensor]:
+        """The cache's first w slots as contiguous (l, r, g, w, e) tensors, w the next multiple
+        of WINDOW that holds slot `start` (at most the capacity), kept on the cache
+        (`KVCache.window`, which also explains how it is written back) and grown every WINDOW
+        steps. A step then reads the slots in use, not the whole capacity: with 32 rows,
+        reading 128 slots instead of 64 made the step 1.8x slower on the dev CPU (8.3 vs
+        4.5 ms; the cache outgrew the L3)."""
+        need = min(cache.max_len, WINDOW * -(-(start + 1) // WINDOW))
+        win = cache.window
+        if win is None:
+            win = (cache.k[:, :, :, :need].contiguous(), cache.v[:, :, :, :need].contiguous())
+        elif win[0].shape[3] < need:
+            # zeros, not empty: slots not yet written are masked, but must not hold NaN
+            grown = tuple(x.new_zeros(*x.shape[:3], need, x.shape[4]) for x in win)
+            for old, new in zip(win, grown):
+                new[:, :, :, :old.shape[3]] = old
+            win = grown
+        cache.window = win
+        return win
 
     def __call__(self, tok: Tensor, pos: Tensor, slots: Tensor, cache: KVCache,
                  start: int, lo: int, hi: int) -> Tensor:
@@ -205,16 +232,22 @@ class DecodeStep:
                              f"{tuple(pos.shape)}, slots {tuple(slots.shape)} do not fit a "
                              f"cache of {r} rows x {m} slots")
         idx = torch.tensor([start], device=tok.device)
-        out = None
+        out = win = None
         if self.backend == "aoti" and self.failed is None:
             try:   # the library assumes the contiguous layout it was traced with
-                args = tuple(x.contiguous() for x in (tok, pos, slots, idx, cache.k, cache.v))
+                win = self._window(cache, start)
+                w = win[0].shape[3]
+                args = tuple(x.contiguous() for x in (tok, pos, slots[:, :w], idx)) + win
                 out = self._runner(args, lo, hi)(*args)
             except Exception as err:   # an older torch, an unsupported op, ...: torch.compile
+                win = None
                 self.aoti_failed = _reason(err)
                 self.backend = "inductor"
                 warnings.warn(f"AOTInductor decoding unavailable, using torch.compile "
                               f"({self.aoti_failed})")
+        if out is None:           # the steps below read and write k, v themselves
+            cache.flush()
+            cache.window = None
         if out is None and self.backend == "inductor" and self.failed is None:
             try:
                 out = self.fn(tok, pos, slots, idx, cache.k, cache.v, lo, hi)
@@ -226,7 +259,11 @@ class DecodeStep:
         else:
             logits, k, v = static_step(self.model, tok, pos, slots, idx, cache.k, cache.v,
                                        lo, hi)
-        cache.k.index_copy_(3, idx, k.to(cache.k.dtype))
-        cache.v.index_copy_(3, idx, v.to(cache.v.dtype))
+        k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
+        dest = (cache.k, cache.v) if win is None else win    # the window: flushed later
+        dest[0].narrow(3, start, 1).copy_(k)                  # (3x faster than index_copy_)
+        dest[1].narrow(3, start, 1).copy_(v)
+        if win is not None:
+            cache.pending = start if cache.pending is None else min(cache.pending, start)
         cache.length = start + 1
         return logits

@@ -108,7 +108,10 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
-                is_causal: bool, cache: KVCache | None, layer: int, start: int) -> Tensor:
+                is_causal: bool, cache: KVCache | None, layer: int, start: int,
+                last: bool = False) -> Tensor:
+        """(b, t, d) -> (b, t, d), or (b, 1, d) for the last query alone (`last`: keys and
+        values of all t tokens are still computed and cached)."""
         b, t, _ = x.shape
         h, g, e = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = F.linear(x, self.qkv.weight).view(b, t, h + 2 * g, e).transpose(1, 2)  # (b, h+2g, t, e)
@@ -120,6 +123,9 @@ class Attention(nn.Module):
             q, k = apply_rotary(qkv[:, :h + g], *rope).split([h, g], dim=1)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (b, g, s, e), s = start + t
+        if last and t > 1:      # the last query sees every key: causal needs no mask for it
+            q, t = q[:, :, -1:], 1
+            mask, is_causal = (None if mask is None else mask[..., -1:, :]), False
         p = self.dropout if self.training else 0.0
         y = attention(q, k, v, mask, is_causal, p)  # (b, h, t, e)
         return F.linear(y.transpose(1, 2).reshape(b, t, h * e), self.proj.weight)
@@ -151,8 +157,12 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
-                is_causal: bool, cache: KVCache | None, layer: int, start: int) -> Tensor:
-        a = self.attn.forward(self.attn_norm.forward(x), rope, mask, is_causal, cache, layer, start)
+                is_causal: bool, cache: KVCache | None, layer: int, start: int,
+                last: bool = False) -> Tensor:
+        a = self.attn.forward(self.attn_norm.forward(x), rope, mask, is_causal, cache, layer,
+                              start, last)
+        if last:
+            x = x[:, -1:]
         x = x + (self.drop(a) if self.drop.p else a)
         m = self.mlp.forward(self.mlp_norm.forward(x))
         return x + (self.drop(m) if self.drop.p else m)

@@ -123,10 +123,12 @@ class TokenModel(nn.Module):
         self.head.weight[start:start + k] = rows
 
     def hidden(self, tokens: Tensor, pos: Tensor, mask: Tensor | None = None,
-               cache=None, start: int = 0) -> Tensor:
-        """(B, T) tokens -> (B, T, D) final hidden states (after the final norm)."""
+               cache=None, start: int = 0, last: bool = False) -> Tensor:
+        """(B, T) tokens -> (B, T, D) final hidden states (after the final norm); (B, 1, D) of
+        the last token with `last` (Backbone.forward)."""
         # a module call on purpose: the backbone is the hook point benches count forwards with
-        return self.backbone(self.embed_tokens(tokens, pos), pos, mask, cache=cache, start=start)
+        return self.backbone(self.embed_tokens(tokens, pos), pos, mask, cache=cache, start=start,
+                             last=last)
 
     def embed_tokens(self, tokens: Tensor, pos: Tensor, dense: bool = False) -> Tensor:
         """(B, T) tokens, (B, T, 3) positions -> (B, T, D) input embeddings. `dense`: with code
@@ -183,9 +185,9 @@ class TokenModel(nn.Module):
     def compile_decode(self, on: bool = True, backend: str = "aoti") -> None:
         """Run `decode_logits` through a compiled fixed-shape step (model/decode.py; the first
         step of each new shape pays the compile), or eagerly again (on=False).
-        backend: "aoti" (AOTInductor, no per-call guards; one library per cache capacity for
-        up to 8 rows, one per row count above) or "inductor" (torch.compile, one graph per
-        rows x cache capacity)."""
+        backend: "aoti" (AOTInductor, no per-call guards; one library per vocabulary slice for
+        up to 8 rows, one per row count above, any cache capacity) or "inductor"
+        (torch.compile, one graph per rows x cache capacity)."""
         from unimm.model.decode import DecodeStep
         self.__dict__["_decode"] = DecodeStep(self, backend) if on else None
 
@@ -198,7 +200,7 @@ class TokenModel(nn.Module):
         decode = self.__dict__.get("_decode")
         if decode is None:
             mask = slots[:, None, None, :start + 1]                           # (R, 1, 1, s)
-            h = self.hidden(tok, pos, mask, cache=cache, start=start)[:, -1]
+            h = self.hidden(tok, pos, mask, cache=cache, start=start, last=True)[:, -1]
             return self.logits(h, lo, hi).float()
         return decode(tok, pos, slots, cache, start, lo, hi)
 
@@ -210,8 +212,9 @@ class TokenModel(nn.Module):
         return torch.cat([valid, valid.new_ones(R, cache.max_len - T)], dim=1)
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None):
-        if self.__dict__.get("_decode") is not None:    # compiled steps: capacities in steps of
-            max_len = 64 * -(-max_len // 64)            # 64, so few shapes (one compile each)
+        decode = self.__dict__.get("_decode")
+        if decode is not None and decode.backend == "inductor":   # one graph per capacity:
+            max_len = 64 * -(-max_len // 64)            # capacities in steps of 64, few shapes
         return self.backbone.new_cache(batch, max_len, dtype=dtype, device=device)
 
     def num_params(self) -> int:

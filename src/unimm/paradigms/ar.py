@@ -134,7 +134,7 @@ class Autoregressive(Paradigm):
         src = turns + [drop_condition(t) for t in turns] if use_cfg else turns
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
         h = self.hidden(model, tokens, pos, self.prefix_attention(batch), extra,
-                        cache=cache)[:, -1]                    # (R, D)
+                        cache=cache, last=True)[:, -1]                    # (R, D)
         t0 = valid.sum(1)                                      # sequence index of code 0, per row
         where = torch.stack([image_positions(t0, k, v.grid) for k in range(N)], 1)  # (R, N, 3)
         slots = model.decode_slots(valid, cache)

@@ -172,9 +172,10 @@ class Paradigm:
         return self.attention(batch.span, batch.valid)
 
     def hidden(self, model: TokenModel, tokens: Tensor, pos: Tensor, mask, extra: dict,
-               cache=None, start: int = 0) -> Tensor:
+               cache=None, start: int = 0, last: bool = False) -> Tensor:
+        """Hidden states (B, T, D), or (B, 1, D) of the last token (`last`, a prompt fill)."""
         return model.backbone(self.embed(model, tokens, pos, extra), pos, mask, cache=cache,
-                              start=start)
+                              start=start, last=last)
 
     # ---- training -----------------------------------------------------------------------------
     def format(self, turn: Turn, rng: random.Random) -> Packed:
@@ -222,24 +223,24 @@ class Paradigm:
         cache = model.new_cache(B, T + max_new, device=dev)
         extra = {k: x.to(dev) for k, x in self.extras_for(turns).items()}
         h = self.hidden(model, tokens, pos, self.prefix_attention(batch), extra,
-                        cache=cache)[:, -1]
+                        cache=cache, last=True)[:, -1]
         allowed = torch.zeros(v.text_end, dtype=torch.bool, device=dev)
         allowed[:v.n_text] = True
         allowed[v.eos] = True
         nxt = valid.sum(1)                                   # next sequence index per row
         out = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        done = [False] * B
         slots = model.decode_slots(valid, cache)
         logits = model.logits(h, 0, v.text_end).float()
         for k in range(max_new):
             tok = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)  # (B,)
-            for b in range(B):
+            for b, t in enumerate(tok.tolist()):     # one transfer, not a tensor op per row
                 if not done[b]:
-                    if tok[b] == v.eos:
+                    if t == v.eos:
                         done[b] = True
                     else:
-                        out[b].append(int(tok[b]))
-            if bool(done.all()) or k == max_new - 1:
+                        out[b].append(t)
+            if all(done) or k == max_new - 1:
                 break
             p = (nxt + k)[:, None, None].expand(B, 1, 3)
             logits = model.decode_logits(tok[:, None], p, slots, cache, T + k, 0, v.text_end)

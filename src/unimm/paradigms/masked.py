@@ -197,7 +197,7 @@ class Masked(Paradigm):
         cache = model.new_cache(R, T + N, device=dev)
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
         h_boi = self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch),
-                            extra, cache=cache)[:, -1]                      # prompt, once
+                            extra, cache=cache, last=True)[:, -1]  # prompt, once
         t0 = batch.valid.sum(1)                                             # (R,) code 0 index
         pos = torch.stack([image_positions(t0, k, v.grid) for k in range(N)], dim=1)  # (R, N, 3)
         keys = torch.cat([batch.valid, torch.ones(R, N, dtype=torch.bool, device=dev)], 1)

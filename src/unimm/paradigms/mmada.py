@@ -154,7 +154,7 @@ class MMaDA(Masked):
         cache = model.new_cache(B, T + L, device=dev)
         extra = {k: x.to(dev) for k, x in self.extras_for(turns).items()}
         h_asst = self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch),
-                             extra, cache=cache)[:, -1]                    # prompt, once
+                             extra, cache=cache, last=True)[:, -1]                    # prompt, once
         t0 = batch.valid.sum(1)                                            # (B,)
         i = torch.arange(L, device=dev)
         pos = (t0[:, None] + i)[..., None].expand(B, L, 3).contiguous()    # (B, L, 3)
