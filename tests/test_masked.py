@@ -216,3 +216,34 @@ def test_tiny_run_end_to_end(tiny_tokenizer, tmp_path):
                       (["steps=2", "masked.steps=3"], "given twice")]:
         with pytest.raises(ConfigError, match=says):
             parse_vary(bad, pipe.paradigm)
+
+
+def test_spread_reveals_no_two_neighbours_while_others_remain():
+    """masked.spread = r: a step's revealed codes are pairwise more than r cells apart
+    (Chebyshev) while such candidates exist, then it falls back to confidence order; every
+    position is still revealed exactly once over the schedule."""
+    from unimm.paradigms.masked import spread_topk
+    g = torch.Generator().manual_seed(0)
+    grid, N = (8, 8), 64
+    conf = torch.randn(3, N, generator=g)
+    idx = spread_topk(conf, 8, grid, 1)
+    for row in idx.tolist():
+        assert len(set(row)) == 8
+        for a in row:
+            for b in row:
+                if a != b:
+                    assert max(abs(a // 8 - b // 8), abs(a % 8 - b % 8)) > 1
+    only = torch.full((1, N), float("-inf"))
+    only[0, [0, 1, 8, 9]] = torch.tensor([4.0, 3.0, 2.0, 1.0])       # one 2x2 block left
+    assert spread_topk(only, 3, grid, 1).tolist() == [[0, 1, 8]]       # falls back, in order
+    masked = torch.ones(2, N, dtype=torch.bool)
+    count = torch.zeros(2, N, dtype=torch.long)
+    for k in reveal_counts(N, 12):
+        logits = torch.randn(2, N, 5, generator=g)
+        _, new = reveal(logits, masked, k, GREEDY, noise=1.0, generator=g, grid=grid, spread=1)
+        assert int(new.sum()) == 2 * k
+        count += new
+        masked &= ~new
+    assert bool((count == 1).all())
+    with pytest.raises(ValueError, match="spread must be >= 0"):
+        MaskedConfig(spread=-1)

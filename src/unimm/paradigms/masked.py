@@ -52,6 +52,10 @@ class MaskedConfig:
     cfg_dropout: float = 0.1          # probability of dropping the text condition of t2i / edit
     steps: int = 12                   # parallel decoding steps per image
     confidence_noise: float = 0.0     # Gumbel noise scale on confidences at step 0 (anneals to 0)
+    # Sampling only: a step reveals at most one code within this Chebyshev distance on the code
+    # grid of another code it reveals (while such codes remain; 0 = off), so neighbouring codes
+    # (parts of one object) are decided one after another, each seeing the other.
+    spread: int = 0
     loss_reduction: Literal["token", "sequence"] = "sequence"   # see ARConfig
     # Where a masked code is predicted: False = at its own position (MaskGIT / Show-o); True =
     # from the position before it, the autoregressive alignment (DiffuLLaMA / Dream adapt a
@@ -67,6 +71,8 @@ class MaskedConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.confidence_noise < 0:
             raise ValueError(f"confidence_noise must be >= 0, got {self.confidence_noise}")
+        if self.spread < 0:
+            raise ValueError(f"spread must be >= 0, got {self.spread}")
         if self.loss_reduction not in ("token", "sequence"):
             raise ValueError(f"loss_reduction must be 'token' or 'sequence', "
                              f"got {self.loss_reduction!r}")
@@ -90,9 +96,11 @@ def reveal_counts(n: int, steps: int) -> list[int]:
 
 
 def reveal(logits: Tensor, masked: Tensor, k: int, sampling: SamplingConfig,
-           noise: float = 0.0, generator=None) -> tuple[Tensor, Tensor]:
+           noise: float = 0.0, generator=None, grid: tuple[int, int] | None = None,
+           spread: int = 0) -> tuple[Tensor, Tensor]:
     """One parallel decoding step. logits (B, N, K), masked (B, N) bool. Samples a candidate at
-    every position, then reveals the k most confident still-masked positions per row.
+    every position, then reveals the k most confident still-masked positions per row (with
+    `spread` > 0 and the (h, w) code `grid`: spread apart, see `spread_topk`).
     Returns (candidates (B, N), newly revealed (B, N) bool)."""
     B, N, K = logits.shape
     cand = sample(logits.reshape(B * N, K), sampling, generator).view(B, N)
@@ -102,9 +110,35 @@ def reveal(logits: Tensor, masked: Tensor, k: int, sampling: SamplingConfig,
         conf = conf + noise * -torch.log(-torch.log(u.clamp(1e-9, 1 - 1e-9)))
     conf = conf.masked_fill(~masked, float("-inf"))
     k = min(k, int(masked.sum(1).min()))
-    idx = conf.topk(k, dim=1).indices                                                # (B, k)
+    if spread and grid is not None and k > 1:
+        idx = spread_topk(conf, k, grid, spread)                                     # (B, k)
+    else:
+        idx = conf.topk(k, dim=1).indices                                            # (B, k)
     new = torch.zeros_like(masked).scatter_(1, idx, True) & masked
     return cand, new
+
+
+def spread_topk(conf: Tensor, k: int, grid: tuple[int, int], radius: int) -> Tensor:
+    """Greedy top-k of conf (B, N) (-inf = not a candidate) over an (h, w) raster grid that
+    skips candidates within Chebyshev distance `radius` of one already picked in this call,
+    until none but such are left (then plain confidence order) -> indices (B, k)."""
+    B, N = conf.shape
+    h, w = grid
+    cell = torch.arange(N, device=conf.device)
+    r, c = cell // w, cell % w
+    near = ((r[:, None] - r).abs() <= radius) & ((c[:, None] - c).abs() <= radius)   # (N, N)
+    rows = torch.arange(B, device=conf.device)
+    left = conf.clone()
+    blocked = torch.zeros(B, N, dtype=torch.bool, device=conf.device)
+    picks = []
+    for _ in range(k):
+        score = left.masked_fill(blocked, float("-inf"))
+        score = torch.where(torch.isneginf(score).all(1, keepdim=True), left, score)
+        j = score.argmax(1)                                                          # (B,)
+        picks.append(j)
+        left[rows, j] = float("-inf")
+        blocked |= near[j]
+    return torch.stack(picks, 1)
 
 
 class Masked(Paradigm):
@@ -212,7 +246,8 @@ class Masked(Paradigm):
             if use_cfg:
                 logits = guide(logits, guidance)                             # (B, N, K)
             noise = self.cfg.confidence_noise * (1 - s / steps)
-            cand, new = reveal(logits, masked, k, sampling, noise, generator)
+            cand, new = reveal(logits, masked, k, sampling, noise, generator, v.grid,
+                               self.cfg.spread)
             codes = torch.where(new, cand, codes)
             masked = masked & ~new
         return codes

@@ -50,6 +50,7 @@ class MMaDAConfig:
     cfg_dropout: float = 0.1          # probability of dropping the text condition of t2i / edit
     steps: int = 12                   # image decoding steps
     confidence_noise: float = 0.0
+    spread: int = 0                   # image sampling only, see MaskedConfig
     loss_reduction: Literal["token", "sequence"] = "sequence"
     text_len: int = 32                # response slots of a text answer (answer + <eos> padding)
     block: int = 8                    # semi-autoregressive block size (divides text_len)
@@ -60,6 +61,8 @@ class MMaDAConfig:
     def __post_init__(self):
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
+        if self.spread < 0:
+            raise ValueError(f"spread must be >= 0, got {self.spread}")
         for k in ("steps", "text_len", "block", "steps_per_block"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
