@@ -95,6 +95,12 @@ def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
             # a cache big enough for several windows: one library, equal outputs
             assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want_img)
             assert len(m.__dict__["_decode"]._aoti) == 2
+            m.compile_decode(False)
+            many = prompts(5, seed=1)                     # 10 guided rows: the large library
+            want_many = par.generate_images(m, many, 2.0, GREEDY)
+            m.compile_decode(backend=backend)
+            assert torch.equal(par.generate_images(m, many, 2.0, GREEDY), want_many)
+            assert {k[0] for k in m.__dict__["_decode"]._aoti} == {False}
         with pytest.raises(ValueError, match="filled slots"):
             cache = m.new_cache(1, 8)
             m.decode_logits(torch.tensor([[1]]), torch.zeros(1, 1, 3, dtype=torch.long),

@@ -64,8 +64,8 @@ class Pipeline:
         """Load a run folder (None or "default": the model that ships with the package).
         `compile`: token-by-token decoding (answers, autoregressive images) through a compiled
         fixed-shape step (model/decode.py, AOTInductor): same greedy outputs, faster once warm;
-        the first call per cache capacity (and per batch size above 8 rows) compiles, about a
-        minute on a CPU, so it pays off in servers and long jobs."""
+        the first call per kind (answer text, image codes) and batch class (up to 8 rows, 9 to
+        256) compiles, about a minute on a CPU, so it pays off in servers and long jobs."""
         run_dir = DEFAULT_RUN if run in (None, "default") else Path(run)
         if not run_dir.exists():
             raise RunError(f"no run folder at {run_dir}" + (

@@ -34,9 +34,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 RUN_HELP = "Run folder (default: the model that ships with the package)."
 
 
-def _pipe(run: Optional[Path]):
+def _pipe(run: Optional[Path], compile: bool = False):
     from ..pipeline import Pipeline
-    return Pipeline.load(run)
+    return Pipeline.load(run, compile=compile)
 
 
 def _save_images(images, out: Path) -> list[Path]:
@@ -498,6 +498,10 @@ def serve_cmd(
     wait_ms: float = typer.Option(5.0, min=0, help="Batching wait window after a first request."),
     queue_size: int = typer.Option(64, min=1, help="Waiting rows per lane before answering 503."),
     timeout: float = typer.Option(60.0, min=0.1, help="Per-request timeout in seconds (504)."),
+    compile: bool = typer.Option(False, "--compile", help="Compiled token-by-token decoding "
+                                 "(same greedy outputs): the first request per kind (answers, "
+                                 "images) and batch class (<= 8 rows, 9-256) compiles for about "
+                                 "a minute on a CPU; faster after."),
 ):
     """OpenAI-compatible server (chat, images, edits) and a web page at /, over the Python API."""
     try:
@@ -507,7 +511,7 @@ def serve_cmd(
         raise ValueError(f"serving needs the `serve` extra ({e.name} is missing): "
                          "pip install -e '.[serve]'") from None
     settings = _serve_settings(max_batch, wait_ms, queue_size, timeout)
-    api = create_app(_pipe(run), settings)
+    api = create_app(_pipe(run, compile), settings)
     typer.echo(f"unimm: serving on http://{host}:{port}/  (OpenAI API at /v1, docs at /docs)")
     uvicorn.run(api, host=host, port=port, log_level="warning",
                 timeout_graceful_shutdown=int(timeout) + 5)

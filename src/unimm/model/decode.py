@@ -19,9 +19,9 @@ compare the greedy outputs).
 
 Two compilers (`DecodeStep(model, backend=...)`):
 - "aoti" (the default): the step is exported (`torch.export`) and compiled ahead of time by
-  AOTInductor into a shared library, loaded in this process, one per (vocabulary slice,
-  dtypes, device) for batches of up to 8 rows (a dynamic dimension), and one per row count
-  above that; the number of cache slots is dynamic too, and each step reads only a window of
+  AOTInductor into a shared library, loaded in this process, two per (vocabulary slice,
+  dtypes, device): one for batches of up to 8 rows, one for 9 to 256 (rows are a dynamic
+  dimension); the number of cache slots is dynamic too, and each step reads only a window of
   the cache's first slots (the filled ones, rounded up to 16; `DecodeStep._window`), not its
   whole capacity. A call runs the
   generated C++ directly: no Dynamo guards and no Python wrapper around each kernel. At the
@@ -119,7 +119,8 @@ class _Step(torch.nn.Module):
 BACKENDS = ("aoti", "inductor")
 
 
-SMALL = 8    # row counts up to this share one library with a dynamic number of rows
+SMALL = 8    # row counts up to this share one library (dynamic rows, autotuned GEMMs) ...
+LARGE = 256  # ... and row counts above it up to this another (dynamic rows, oneDNN GEMMs)
 WINDOW = 16  # AOTInductor steps read the cache's first slots in multiples of this many
 
 
@@ -159,25 +160,28 @@ class DecodeStep:
                                 dynamic=False, options={"freezing": True})
 
     def _runner(self, args: tuple, lo: int, hi: int):
-        """The AOTInductor library for these inputs, compiled on first use: one per
-        (vocabulary slice, dtypes, device) for batches of up to SMALL rows, whose number of rows
-        is dynamic (traced and tuned at 2 rows; a 1-row library ran slower than this one does
-        at 1 row), and one per exact row count above that (GEMM kernels tuned at 2 rows lost to
-        oneDNN's at 32: 0.83 s against 0.59 s per guided batch of 16). The number of cache
-        slots is dynamic in every library: steps read a window of the cache (`_window`)."""
+        """The AOTInductor library for these inputs, compiled on first use: per (vocabulary
+        slice, dtypes, device), one for batches of up to SMALL rows (traced and tuned at 2 rows;
+        a 1-row library ran slower than this one does at 1 row) and one for SMALL + 1 to LARGE
+        rows with oneDNN's GEMMs (kernels tuned at 2 rows lost to them at 32: 0.83 s against
+        0.59 s per guided batch of 16; at 32 rows this library's step was as fast as one
+        compiled for exactly 32, 4.2 vs 4.4 ms). Rows and cache slots are dynamic in both:
+        steps read a window of the cache (`_window`)."""
         tok, pos, slots, idx, k_cache, v_cache = args
         r = tok.shape[0]
-        key = ("small" if r <= SMALL else r, lo, hi, k_cache.dtype,
-               next(self.model.parameters()).dtype, str(tok.device))
+        small = r <= SMALL
+        key = (small, lo, hi, k_cache.dtype, next(self.model.parameters()).dtype,
+               str(tok.device))
         run = self._aoti.get(key)
         if run is None:
             if self._dir is None:
                 self._dir = tempfile.TemporaryDirectory(prefix="unimm-decode-")
             path = Path(self._dir.name) / f"step{len(self._aoti)}.pt2"
             m = torch.export.Dim("slots", min=2, max=self.model.cfg.max_seq_len + WINDOW)
-            rows = torch.export.Dim("rows", min=1, max=SMALL) if r <= SMALL else None
-            re = 2 if r <= SMALL else r   # traced with 2 rows (1 would be specialised to 1)
-            me = 40                       # and 40 slots: a size no other dimension has
+            rows = (torch.export.Dim("rows", min=1, max=SMALL) if small
+                    else torch.export.Dim("rows", min=SMALL + 1, max=LARGE))
+            re = 2 if small else 24       # traced with 2 or 24 rows (1 would be specialised)
+            me = 40                       # and 40 slots: sizes no other dimension has
             l, _, g, _, e = k_cache.shape
             example = (tok[:1].expand(re, -1).contiguous(),
                        pos[:1].expand(re, -1, -1).contiguous(),
@@ -192,7 +196,7 @@ class DecodeStep:
                                               dynamic_shapes=dynamic)
                 torch._inductor.aoti_compile_and_package(
                     program, package_path=str(path),
-                    inductor_configs=aoti_options(tok.device, r <= SMALL))
+                    inductor_configs=aoti_options(tok.device, small))
                 run = torch._inductor.aoti_load_package(str(path))
             self._aoti[key] = run
         return run
@@ -233,7 +237,7 @@ class DecodeStep:
                              f"cache of {r} rows x {m} slots")
         idx = torch.tensor([start], device=tok.device)
         out = win = None
-        if self.backend == "aoti" and self.failed is None:
+        if self.backend == "aoti" and self.failed is None and r <= LARGE:  # else: eagerly
             try:   # the library assumes the contiguous layout it was traced with
                 win = self._window(cache, start)
                 w = win[0].shape[3]

@@ -185,8 +185,8 @@ class TokenModel(nn.Module):
     def compile_decode(self, on: bool = True, backend: str = "aoti") -> None:
         """Run `decode_logits` through a compiled fixed-shape step (model/decode.py; the first
         step of each new shape pays the compile), or eagerly again (on=False).
-        backend: "aoti" (AOTInductor, no per-call guards; one library per vocabulary slice for
-        up to 8 rows, one per row count above, any cache capacity) or "inductor"
+        backend: "aoti" (AOTInductor, no per-call guards; per vocabulary slice one library
+        for up to 8 rows and one for 9 to 256, any cache capacity) or "inductor"
         (torch.compile, one graph per rows x cache capacity)."""
         from unimm.model.decode import DecodeStep
         self.__dict__["_decode"] = DecodeStep(self, backend) if on else None
