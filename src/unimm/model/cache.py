@@ -31,6 +31,7 @@ class KVCache:
     # other reader of k, v. `update` then drops the window (rebuilt from k, v when needed).
     window: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
     pending: int | None = field(default=None, repr=False)
+    window_store: tuple[Tensor, Tensor] | None = field(default=None, repr=False)  # its memory
 
     @classmethod
     def empty(cls, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
