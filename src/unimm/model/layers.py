@@ -58,7 +58,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
               dropout: float) -> Tensor:
     """q (b, h, t, e), k/v (b, g, s, e), mask Bool (b|1, 1, t, s) or None -> (b, h, t, e)."""
     k, v = k.to(q.dtype), v.to(q.dtype)  # a float32 cache under bf16 autocast
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad \
+            and k.shape[2] <= EXPLICIT_MAX_KEYS:
         return explicit_attention(q, k, v, mask, is_causal, dropout)
     h, g = q.shape[1], k.shape[1]
     kwargs = {}
@@ -71,13 +72,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
                                           is_causal=is_causal, **kwargs)
 
 
+# bf16 training on a CPU: attention over at most this many keys runs as `explicit_attention`
+EXPLICIT_MAX_KEYS = 160
+
+
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
                        dropout: float) -> Tensor:
     """Attention as two matmuls and a float32 softmax, the same function as SDPA. Used for
-    bf16 training on a CPU: there SDPA's fused CPU kernel took 3.4x longer forward + backward
-    (20.9 vs 6.1 ms at b 11, h 6, t 112, e 32, 1 thread, torch 2.13; the fused kernel stays
-    faster in float32 and for inference). A fully masked query row gets uniform weights
-    (finite, unlike -inf), so it cannot put NaN into the gradients of the rows that count."""
+    bf16 training on a CPU over short contexts: there SDPA's fused CPU kernel took 3.4x longer
+    forward + backward (20.9 vs 6.1 ms at b 11, h 6, t 112, e 32, 1 thread, torch 2.13), while
+    the fused kernel's cost grows more slowly with the length: about even at 160 keys (e 32),
+    1.8x faster at 256 (e 64). It also stays faster in float32 and for inference. A fully
+    masked query row gets uniform weights (finite, unlike -inf), so it cannot put NaN into the
+    gradients of the rows that count."""
     b, h, t, e = q.shape
     g, s = k.shape[1], k.shape[2]
     qg = q.view(b, g, h // g, t, e)                           # query heads grouped by kv head
