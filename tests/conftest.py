@@ -3,6 +3,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# compiled decoding libraries of this session go to a temporary folder, not ~/.cache
+os.environ.setdefault("UNIMM_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="unimm-cache-"))
 
 import pytest  # noqa: E402
 

@@ -124,6 +124,7 @@ def test_without_aotinductor_decoding_falls_back_to_torch_compile(monkeypatch):
     def unavailable(*a, **k):
         raise RuntimeError("no AOTInductor in this torch")
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", unavailable)
+    monkeypatch.setenv("UNIMM_CACHE_DIR", "")           # nothing from disk either
     m = model()
     par = Autoregressive(V)
     ts = prompts(2)
@@ -176,3 +177,32 @@ def test_aoti_steps_read_a_growing_window_and_see_eager_writes():
         torch.testing.assert_close(b.k[..., :n, :], a.k[..., :n, :], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(b.clone().v[..., :n, :], a.v[..., :n, :], atol=1e-4,
                                    rtol=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_libraries_are_kept_on_disk_per_weights(tmp_path, monkeypatch):
+    """A second process (here: a fresh DecodeStep) loads the library from disk instead of
+    compiling it again; other weights are compiled anew."""
+    monkeypatch.setenv("UNIMM_CACHE_DIR", str(tmp_path))
+    m = model(seed=3)
+    par = Autoregressive(V)
+    ts = prompts(2)
+    real, calls = torch._inductor.aoti_compile_and_package, []
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        want = par.generate_images(m, ts, 2.0, GREEDY)
+        m.compile_decode()
+        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
+        assert calls == [1] and len(list((tmp_path / "decode").glob("*.pt2"))) == 1
+        m.compile_decode()                             # a fresh step: from disk
+        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
+        assert calls == [1]
+        m.head.weight.add_(0.5)                        # other weights: compiled again
+        m.compile_decode(False)
+        want2 = par.generate_images(m, ts, 2.0, GREEDY)
+        m.compile_decode()
+        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want2)
+        assert calls == [1, 1] and len(list((tmp_path / "decode").glob("*.pt2"))) == 2
+        assert not list((tmp_path / "decode").glob("*.tmp"))
