@@ -49,6 +49,19 @@ def test_kill_and_resume_gives_the_same_next_loss(tiny_tokenizer, tmp_path):
     assert losses[3] != losses[2]
 
 
+def test_resuming_a_run_whose_budget_is_spent_takes_no_step(tiny_tokenizer, tmp_path):
+    """`unimm train` on a finished wall-clock run (e.g. a bench rerun after a crash) resumes
+    and stops at once: same step, same weights."""
+    cfg = tiny(tiny_tokenizer)
+    a = Trainer(cfg, tmp_path / "r", progress=False)
+    a.fit(minutes=0.002)
+    step, w = a.step, (tmp_path / "r" / "model.safetensors").read_bytes()
+    b = Trainer(cfg, tmp_path / "r", progress=False)
+    assert b.resume() and b.step == step
+    assert b.fit(minutes=0.002)["step"] == step
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == w
+
+
 def test_training_writes_logs_curves_and_weights(tiny_run):
     d, tr = tiny_run
     for f in ("config.json", "model.safetensors", "metrics.csv", "curves.png",

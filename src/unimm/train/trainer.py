@@ -61,8 +61,8 @@ class Trainer:
         torch.manual_seed(tc.seed)         # after tokenizer training: init depends on seed only
         self.parts = build_parts(cfg, text_tok, image_tok)
         self.parts.paradigm.init_pretrained(self.parts.model)
-        if tc.init_from:          # a checkpoint found by resume() later takes precedence
-            self._warm_start(Path(tc.init_from))
+        if tc.init_from and find_checkpoint(self.run_dir / "ckpt") is None:
+            self._warm_start(Path(tc.init_from))      # (resume() loads the checkpoint instead)
         save_config(cfg, self.parts.vocab, self.run_dir)
         self.model = self.parts.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval() if tc.ema > 0 else None
@@ -219,7 +219,8 @@ class Trainer:
                    desc=self.cfg.name, unit="step", dynamic_ncols=True)
         tokens = 0
         self._last_t = time.perf_counter()         # tokens/s windows start now, also on resume
-        while self.step < self.max_steps:
+        # a resumed run whose budget is already spent takes no further step
+        while self.step < self.max_steps and not (budget and self.elapsed >= budget):
             rec = self.train_step()
             tokens += rec.pop("tokens")
             self.elapsed = time.perf_counter() - t_start
