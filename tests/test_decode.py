@@ -148,8 +148,8 @@ def test_aoti_steps_read_a_growing_window_and_see_eager_writes():
     lo, hi = V.code_start, V.size
     with torch.inference_mode():
         a, valid, T = prefilled(m)
-        a = type(a)(torch.cat([a.k, a.k.new_zeros(*a.k.shape[:3], 40, a.k.shape[4])], 3),
-                    torch.cat([a.v, a.v.new_zeros(*a.v.shape[:3], 40, a.v.shape[4])], 3), T)
+        a = type(a)(torch.cat([a.k, a.k.new_zeros(*a.k.shape[:3], 72, a.k.shape[4])], 3),
+                    torch.cat([a.v, a.v.new_zeros(*a.v.shape[:3], 72, a.v.shape[4])], 3), T)
         b = a.clone()
         slots = m.decode_slots(valid, a)
         twin = model()
@@ -177,6 +177,49 @@ def test_aoti_steps_read_a_growing_window_and_see_eager_writes():
         torch.testing.assert_close(b.k[..., :n, :], a.k[..., :n, :], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(b.clone().v[..., :n, :], a.v[..., :n, :], atol=1e-4,
                                    rtol=1e-4)
+        # once the next window would reach the capacity, the window is the cache itself:
+        # steps write straight into k, v (nothing pending) and still equal eager ones
+        for k in range(n - T, a.max_len - T):
+            tok = torch.tensor([[lo + k % 5], [lo + 2], [4 + k % 3]])
+            pos = torch.tensor([[[T + k, k % 3, k % 2]]] * 3)
+            want = m.decode_logits(tok, pos, slots, a, T + k, lo, hi)
+            got = twin.decode_logits(tok, pos, slots, b, T + k, lo, hi)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        assert b.window[0] is b.k and b.pending is None and b.length == a.max_len
+        torch.testing.assert_close(b.k, a.k, atol=1e-4, rtol=1e-4)
+
+
+def test_sampler_caches_hand_their_memory_to_the_next_call():
+    """The samplers' caches (new_cache(reuse=True)) return their memory to the backbone's pool
+    when dropped; the next call reuses it (zeroed) and gives the same outputs, eager and
+    compiled, inside and outside inference mode; a copy of the model gets an empty pool."""
+    import copy
+
+    from unimm.model.cache import BufferPool
+    m = model()
+    par = Autoregressive(V)
+    ts = prompts(3)
+    with torch.no_grad():
+        want = par.generate_images(m, ts, 2.0, GREEDY)
+    pool = m.backbone.__dict__["_pool"]
+    held = pool.nbytes()
+    assert held > 0                                    # the cache went back
+    with torch.no_grad():
+        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
+    assert pool.nbytes() == held                       # reused, not grown
+    with torch.inference_mode():                       # inference tensors: a pool of their own
+        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
+        m.compile_decode()
+        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
+        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
+    with torch.no_grad():
+        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
+    assert copy.deepcopy(m).backbone.__dict__["_pool"].nbytes() == 0
+    small = BufferPool(max_bytes=1000)
+    small.give([torch.ones(200), torch.ones(200)])     # 800 bytes each: one is kept
+    assert small.nbytes() == 800
+    assert small.take(150, torch.float32, "cpu").abs().sum() == 0    # zeroed on reuse
+    assert m.new_cache(2, 8).pool is None              # a caller's own cache: plain memory
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,

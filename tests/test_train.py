@@ -264,6 +264,25 @@ def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
         assert (tmp_path / "warm" / name / "train.log").is_file()
     md = (tmp_path / "warm" / "paradigms.md").read_text()
     assert "warm-started from" in md and "shift = True" in md
+    # --retime: sampling timed again for the same runs; the first timings are kept
+    r = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--retime",
+                        "--repeats", "1", "-o", str(tmp_path / "warm")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((tmp_path / "warm" / "paradigms.json").read_text())
+    assert again["retimed"]["repeats"] == 1 and len(again["rows"]) == 3
+    for old, new in zip(res["rows"], again["rows"]):
+        assert new["sampling_first_timing"]["s_per_image_b1"] == old["s_per_image_b1"]
+        assert new["vqa"] == old["vqa"] and new["s_per_image_b16"] > 0
+    assert again["rows"][2]["run"] == str(tmp_path / "bp" / "ar")
+    assert "re-timed" in (tmp_path / "warm" / "paradigms.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--retime",
+                          "-o", str(tmp_path / "none")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "needs an earlier" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--minutes is required" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "1",
                           "--paradigms", "ar,nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "available" in bad.stderr

@@ -72,9 +72,14 @@ def _run_all(commands: list[list[str]], jobs: int, logs: list[Path | None]) -> N
 
 
 def _train_tokens_per_s(run_dir: Path) -> tuple[float, int]:
+    """Median logged training tokens/s and the steps trained (the checkpoint's count; the
+    metrics log has every log_every-th step only)."""
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     tps = [float(r["tokens_per_s"]) for r in rows if r.get("tokens_per_s")]
     steps = max(int(r["step"]) for r in rows)
+    state = run_dir / "ckpt" / "state.json"
+    if state.is_file():
+        steps = json.loads(state.read_text())["step"]
     return (statistics.median(tps[1:] or tps) if tps else float("nan")), steps
 
 
@@ -138,7 +143,7 @@ def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir:
         m = json.loads(dest.read_text())["metrics"]
         tps, steps = _train_tokens_per_s(run) if trained else (None, 0)
         cfg = json.loads((run / "config.json").read_text())["config"]
-        row = {"paradigm": name, "steps": steps, "train_tokens_per_s": tps,
+        row = {"paradigm": name, "run": str(run), "steps": steps, "train_tokens_per_s": tps,
                "settings": cfg.get(cfg["paradigm"], {}) if trained else {},
                "vqa": m.get("vqa/overall"), "caption": m.get("caption/scene_correct"),
                "t2i_full_scene": m.get("t2i/full_scene"), "geneval": m.get("geneval/overall"),
@@ -151,9 +156,37 @@ def bench_paradigms(config: Path, paradigms: list[str], minutes: float, out_dir:
               "init": str(init) if init else None, "jobs": jobs,
               "overrides": overrides, "quick_eval": quick, "with_start": with_start,
               "rows": rows}
-    (out_dir / "paradigms.json").write_text(json.dumps(result, indent=2))
-    (out_dir / "paradigms.md").write_text(markdown(result))
-    plot(rows, out_dir / "paradigms.png", minutes)
+    _write(result, out_dir)
+    return result
+
+
+def _write(result: dict, out_dir: Path) -> None:
+    from ..utils.io import write_json, write_text
+    write_json(out_dir / "paradigms.json", result)
+    write_text(out_dir / "paradigms.md", markdown(result))
+    plot(result["rows"], out_dir / "paradigms.png", result["minutes"])
+
+
+def retime_paradigms(out_dir: Path, repeats: int = 5) -> dict:
+    """Time sampling again for every row of the bench in `out_dir` (its runs as they are now;
+    e.g. when something else shared the machine during the first timing), one run at a time
+    in this process. The first timings stay in each row as `sampling_first_timing`."""
+    out_dir = Path(out_dir)
+    path = out_dir / "paradigms.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: --retime needs an earlier "
+                                f"`unimm bench paradigms -o {out_dir}`")
+    result = json.loads(path.read_text())
+    for row in result["rows"]:
+        run = row.get("run") or (result["init"] if row["paradigm"].startswith("start (")
+                                 else str(out_dir / row["paradigm"]))
+        row["run"] = run
+        row.setdefault("sampling_first_timing",
+                       {k: v for k, v in row.items() if k.startswith("s_per_image")})
+        row.update(_sampling_speed(Path(run), repeats))
+        print({k: row[k] for k, _, _ in COLUMNS}, flush=True)
+    result["retimed"] = {"conditions": conditions(), "repeats": repeats}
+    _write(result, out_dir)
     return result
 
 
@@ -165,6 +198,11 @@ def markdown(result: dict) -> str:
             f"`{result['config']}` {' '.join(result['overrides'])}; {c['machine']}, "
             f"{c['cpu_count']} cores, {c['torch_threads']} torch threads, load "
             f"{c['loadavg_1_5_15']}, {c['date']}.\n\n")
+    if result.get("retimed"):
+        rc = result["retimed"]["conditions"]
+        head += (f"Sampling re-timed (`--retime`, median of {result['retimed']['repeats']}) "
+                 f"at load {rc['loadavg_1_5_15']}, {rc['date']}; the first timings are in "
+                 "paradigms.json as `sampling_first_timing`.\n\n")
     lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in result["rows"]:

@@ -385,7 +385,8 @@ def bench_decoding_cmd(
 
 @bench_app.command("paradigms")
 def bench_paradigms_cmd(
-    minutes: float = typer.Option(..., min=0.05, help="Training budget per paradigm (the same for all)."),
+    minutes: Optional[float] = typer.Option(None, min=0.05, help="Training budget per paradigm "
+                                            "(the same for all; required unless --retime)."),
     config: Path = typer.Option(Path("configs/shapes_ar.toml"), help="Run config shared by all."),
     paradigms: str = typer.Option("", help="Comma-separated names (default: every available one)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key for every run."),
@@ -399,11 +400,22 @@ def bench_paradigms_cmd(
     with_start: bool = typer.Option(False, help="With --init: also evaluate the --init run itself "
                                     "(untrained here) as a 'start' row, the point every paradigm "
                                     "began from."),
+    retime: bool = typer.Option(False, help="Only time sampling again for the runs of an earlier "
+                                "bench in --out (e.g. on a quieter machine); the first timings "
+                                "stay in paradigms.json as sampling_first_timing."),
     out: Path = typer.Option(Path("results/paradigms"), "-o", "--out"),
 ):
     """Train every paradigm on the same budget, evaluate, time sampling; table + PNG."""
-    from ..bench.paradigms import bench_paradigms, markdown
+    from ..bench.paradigms import bench_paradigms, markdown, retime_paradigms
     from ..paradigms import PARADIGMS
+    if retime:
+        r = retime_paradigms(out, repeats)
+        typer.echo(markdown(r))
+        typer.echo(f"wrote {out}/paradigms.md, .json, .png")
+        return
+    if minutes is None:
+        raise ValueError("--minutes is required (the training budget per paradigm), "
+                         "unless --retime")
     names = [n.strip() for n in paradigms.split(",") if n.strip()] or list(PARADIGMS)
     unknown = [n for n in names if n not in PARADIGMS]
     if unknown:

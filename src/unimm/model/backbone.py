@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from unimm.model.cache import KVCache
+from unimm.model.cache import BufferPool, KVCache
 from unimm.model.layers import Block, RMSNorm
 from unimm.model.masks import causal_mask
 from unimm.model.rotary import Rotary, default_sections
@@ -192,12 +192,21 @@ class Backbone(nn.Module):
         return self.norm.weight.device
 
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
-                  device: torch.device | str | None = None) -> KVCache:
+                  device: torch.device | str | None = None, reuse: bool = False) -> KVCache:
         """Empty cache for `batch` rows and `max_len` slots (default max_seq_len). Use the
-        compute dtype (e.g. torch.bfloat16 under autocast) to halve its memory."""
+        compute dtype (e.g. torch.bfloat16 under autocast) to halve its memory. `reuse`
+        (CPU only; the samplers' caches): its memory comes from this backbone's pool and goes
+        back there once the cache is garbage-collected (see `KVCache.empty`), so the caller
+        keeps no view of its k, v beyond it."""
         cfg = self.cfg
+        dev = torch.device(device) if device is not None else self.device
+        pool = None
+        if reuse and dev.type == "cpu":
+            pool = self.__dict__.get("_pool")
+            if pool is None:
+                pool = self.__dict__["_pool"] = BufferPool()
         return KVCache.empty(cfg.n_layers, batch, cfg.n_kv_heads, max_len or cfg.max_seq_len,
-                             cfg.head_dim, dtype or self.norm.weight.dtype, device or self.device)
+                             cfg.head_dim, dtype or self.norm.weight.dtype, dev, pool=pool)
 
     def num_params(self) -> int:
         """Parameters of the backbone (all are non-embedding: it has no embeddings)."""

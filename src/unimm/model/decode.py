@@ -262,15 +262,19 @@ class DecodeStep:
         steps. A step then reads the slots in use, not the whole capacity: with 32 rows,
         reading 128 slots instead of 64 made the step 1.8x slower on the dev CPU (8.3 vs
         4.5 ms; the cache outgrew the L3). The windows of a cache share one allocation
-        (`window_store`, the cache's size): a fresh zeroed tensor per regrowth cost ~4 ms of
-        page faults each at 32 rows."""
+        (`window_store`, the cache's size, from its pool when it has one): a fresh zeroed
+        tensor per regrowth cost ~4 ms of page faults each at 32 rows. Once the next window
+        would reach the capacity, the window is the cache itself (k, v): no copy at all (each
+        copy of the first w slots costs as much as reading them, for every regrowth)."""
         need = min(cache.max_len, WINDOW * -(-(start + 1) // WINDOW))
         win = cache.window
         if win is None or win[0].shape[3] < need:
             cache.flush()                            # k, v are complete: copy the window anew
+            if need + WINDOW >= cache.max_len:       # the rest fits in one more window:
+                cache.window = (cache.k, cache.v)    # read the whole cache, copy nothing
+                return cache.window
             if cache.window_store is None:
-                cache.window_store = (torch.empty_like(cache.k).view(-1),
-                                      torch.empty_like(cache.v).view(-1))
+                cache.window_store = (cache.scratch(cache.k), cache.scratch(cache.v))
             l, r, g, _, e = cache.k.shape
             n = l * r * g * need * e
             win = tuple(store[:n].view(l, r, g, need, e) for store in cache.window_store)
@@ -324,7 +328,7 @@ class DecodeStep:
         dest = (cache.k, cache.v) if win is None else win    # the window: flushed later
         dest[0].narrow(3, start, 1).copy_(k)                  # (3x faster than index_copy_)
         dest[1].narrow(3, start, 1).copy_(v)
-        if win is not None:
+        if win is not None and win[0] is not cache.k:
             cache.pending = start if cache.pending is None else min(cache.pending, start)
         cache.length = start + 1
         return logits

@@ -211,11 +211,12 @@ class TokenModel(nn.Module):
         R, T = valid.shape
         return torch.cat([valid, valid.new_ones(R, cache.max_len - T)], dim=1)
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None):
+    def new_cache(self, batch: int, max_len: int, dtype=None, device=None, reuse: bool = False):
+        """`Backbone.new_cache`; `reuse`: memory from (and back to) the backbone's pool."""
         decode = self.__dict__.get("_decode")
         if decode is not None and decode.backend == "inductor":   # one graph per capacity:
             max_len = 64 * -(-max_len // 64)            # capacities in steps of 64, few shapes
-        return self.backbone.new_cache(batch, max_len, dtype=dtype, device=device)
+        return self.backbone.new_cache(batch, max_len, dtype=dtype, device=device, reuse=reuse)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

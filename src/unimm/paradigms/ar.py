@@ -130,7 +130,7 @@ class Autoregressive(Paradigm):
         tokens, pos, valid = batch.tokens, batch.pos, batch.valid
         R, T = tokens.shape
         B, N = len(turns), v.n_image
-        cache = model.new_cache(R, T + N, device=dev)
+        cache = model.new_cache(R, T + N, device=dev, reuse=True)
         src = turns + [drop_condition(t) for t in turns] if use_cfg else turns
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
         h = self.hidden(model, tokens, pos, self.prefix_attention(batch), extra,

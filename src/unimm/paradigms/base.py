@@ -220,7 +220,7 @@ class Paradigm:
         batch = collate(prefixes, v.pad, left=True).to(dev)
         tokens, pos, valid = batch.tokens, batch.pos, batch.valid
         B, T = tokens.shape
-        cache = model.new_cache(B, T + max_new, device=dev)
+        cache = model.new_cache(B, T + max_new, device=dev, reuse=True)
         extra = {k: x.to(dev) for k, x in self.extras_for(turns).items()}
         h = self.hidden(model, tokens, pos, self.prefix_attention(batch), extra,
                         cache=cache, last=True)[:, -1]

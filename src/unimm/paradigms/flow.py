@@ -314,7 +314,7 @@ class Flow(Paradigm):
                         left=True).to(dev)                                   # ends with <boi>
         R, T = batch.tokens.shape
         B, N, d = len(turns), v.n_image, head.latent_dim
-        cache = model.new_cache(R, T + N, device=dev)
+        cache = model.new_cache(R, T + N, device=dev, reuse=True)
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
         h_boi = self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch),
                             extra, cache=cache, last=True)[:, -1]  # prefix, once

@@ -228,7 +228,7 @@ class Masked(Paradigm):
                         left=True).to(dev)                                   # ends with <boi>
         R, T = batch.tokens.shape
         B, N = len(turns), v.n_image
-        cache = model.new_cache(R, T + N, device=dev)
+        cache = model.new_cache(R, T + N, device=dev, reuse=True)
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
         h_boi = self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch),
                             extra, cache=cache, last=True)[:, -1]  # prompt, once

@@ -154,7 +154,7 @@ class MMaDA(Masked):
         batch = collate([format_turn(v, t, with_target=False) for t in turns], v.pad,
                         left=True).to(dev)
         B, T = batch.tokens.shape
-        cache = model.new_cache(B, T + L, device=dev)
+        cache = model.new_cache(B, T + L, device=dev, reuse=True)
         extra = {k: x.to(dev) for k, x in self.extras_for(turns).items()}
         h_asst = self.hidden(model, batch.tokens, batch.pos, self.prefix_attention(batch),
                              extra, cache=cache, last=True)[:, -1]                    # prompt, once
