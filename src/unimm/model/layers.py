@@ -73,18 +73,36 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
 
 
 # bf16 training on a CPU: attention over at most this many keys runs as `explicit_attention`
-EXPLICIT_MAX_KEYS = 160
+EXPLICIT_MAX_KEYS = 256
+# ... in batch chunks whose float32 scores take at most this many bytes (they stay in cache)
+EXPLICIT_CHUNK_BYTES = 8 << 20
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
-                       dropout: float) -> Tensor:
+                       dropout: float, chunk_bytes: int = EXPLICIT_CHUNK_BYTES) -> Tensor:
     """Attention as two matmuls and a float32 softmax, the same function as SDPA. Used for
-    bf16 training on a CPU over short contexts: there SDPA's fused CPU kernel took 3.4x longer
-    forward + backward (20.9 vs 6.1 ms at b 11, h 6, t 112, e 32, 1 thread, torch 2.13), while
-    the fused kernel's cost grows more slowly with the length: about even at 160 keys (e 32),
-    1.8x faster at 256 (e 64). It also stays faster in float32 and for inference. A fully
-    masked query row gets uniform weights (finite, unlike -inf), so it cannot put NaN into the
-    gradients of the rows that count."""
+    bf16 training on a CPU: there SDPA's fused CPU kernel took 3.4x longer forward + backward
+    (20.9 vs 6.1 ms at b 11, h 6, t 112, e 32, 1 thread, torch 2.13). Over longer contexts the
+    scores of a whole batch outgrow the caches (50 MB at b 32, h 6, t 256): computed for a few
+    sequences at a time (`chunk_bytes` of float32 scores each), forward + backward took 104 vs
+    114-121 ms for SDPA at that shape (e 32; 277 ms unchunked), 223 vs 266 ms at h 9, e 64
+    (the ~50M peer shape), 54-58 vs 75 ms at t 192. A fully masked query row gets uniform
+    weights (finite, unlike -inf), so it cannot put NaN into the gradients of the rows that
+    count."""
+    b, h, t, _ = q.shape
+    per_row = h * t * k.shape[2] * 4
+    c = max(1, chunk_bytes // per_row)
+    if c >= b:
+        return _explicit_attention(q, k, v, mask, is_causal, dropout)
+    c = -(-b // -(-b // c))                          # equal chunks: 32 rows as 16 + 16, not 21 + 11
+    split = mask is not None and mask.dim() == 4 and mask.shape[0] == b
+    return torch.cat([_explicit_attention(q[i:i + c], k[i:i + c], v[i:i + c],
+                                          mask[i:i + c] if split else mask, is_causal, dropout)
+                      for i in range(0, b, c)])
+
+
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
+                        dropout: float) -> Tensor:
     b, h, t, e = q.shape
     g, s = k.shape[1], k.shape[2]
     qg = q.view(b, g, h // g, t, e)                           # query heads grouped by kv head
