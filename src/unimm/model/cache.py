@@ -57,12 +57,15 @@ class BufferPool:
                 base = b if b._base is None else b._base
                 if not any(f is base for f in self._free):
                     self._free.append(base)
-            while sum(b.numel() * b.element_size() for b in self._free) > self.max_bytes:
+            while self._held() > self.max_bytes:
                 self._free.pop(0)                                    # the oldest first
 
     def nbytes(self) -> int:
         with self._lock:
-            return sum(b.numel() * b.element_size() for b in self._free)
+            return self._held()
+
+    def _held(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._free)
 
     def __deepcopy__(self, memo) -> BufferPool:
         return BufferPool(self.max_bytes)
@@ -139,7 +142,7 @@ class KVCache:
 
     def flush(self) -> None:
         """Copy the slots only the window holds (see `window`) into k, v."""
-        if self.pending is not None and self.window[0] is not self.k:
+        if self.pending is not None:
             p, s = self.pending, self.length
             self.k[:, :, :, p:s] = self.window[0][:, :, :, p:s]
             self.v[:, :, :, p:s] = self.window[1][:, :, :, p:s]

@@ -219,7 +219,7 @@ class Trainer:
                    desc=self.cfg.name, unit="step", dynamic_ncols=True)
         tokens = 0
         self._last_t = time.perf_counter()         # tokens/s windows start now, also on resume
-        # a resumed run whose budget is already spent takes no further step
+        # stop once the budget is spent (at once for a resumed run that had spent it)
         while self.step < self.max_steps and not (budget and self.elapsed >= budget):
             rec = self.train_step()
             tokens += rec.pop("tokens")
@@ -253,8 +253,6 @@ class Trainer:
             if self.step % tc.ckpt_every == 0:
                 self.checkpoint()
             bar.update(1)
-            if budget and self.elapsed >= budget:
-                break
         bar.close()
         self.checkpoint()
         return {"step": self.step, "elapsed_s": self.elapsed}
