@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -268,12 +270,13 @@ def test_param_count_and_flops():
     assert m.flops_per_token(128) == 6 * m.num_params() + 12 * L * d * 128
 
 
-@pytest.mark.parametrize("h,g,t,s", [(4, 4, 6, 6), (4, 2, 6, 6), (4, 1, 3, 9)])
+@pytest.mark.parametrize("h,g,t,s", [(4, 4, 6, 6), (4, 2, 6, 6), (4, 1, 3, 9), (2, 2, 5, 5)])
 def test_explicit_attention_equals_sdpa_values_and_gradients(h, g, t, s):
     """The bf16-training path (two matmuls, float32 softmax) computes SDPA's function: outputs
-    and gradients match in float32 for padded/bidirectional masks, causal and GQA."""
+    and gradients match in float32 for padded/bidirectional masks, causal and GQA; so does
+    `blocked_attention` (its own backward), whole and in pieces."""
     import torch.nn.functional as F
-    from unimm.model.layers import explicit_attention
+    from unimm.model.layers import blocked_attention, explicit_attention
     torch.manual_seed(0)
     b, e = 2, 8
     mask = torch.rand(b, 1, t, s) > 0.4
@@ -286,26 +289,69 @@ def test_explicit_attention_equals_sdpa_values_and_gradients(h, g, t, s):
                                              v.repeat_interleave(h // g, 1), attn_mask=m,
                                              is_causal=causal)
         grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v), retain_graph=True)
-        # whole batch, and one sequence at a time (scores over the chunk budget)
-        for chunk_bytes in (1 << 30, 1):
-            out = explicit_attention(q, k, v, m, causal, 0.0, chunk_bytes=chunk_bytes)
+        # whole batch, and one sequence at a time (scores over the chunk budget); the blocked
+        # path also in blocks of 2 query rows (causal blocks then read only their keys)
+        runs = [lambda cb=cb: explicit_attention(q, k, v, m, causal, 0.0, chunk_bytes=cb)
+                for cb in (1 << 30, 1)]
+        runs += [lambda bl=bl, pb=pb: blocked_attention(q, k, v, m, causal, bl, pb)
+                 for bl in (64, 2) for pb in (1 << 30, 1)]
+        for run in runs:
+            out = run()
             assert close(out, ref)
             grads = torch.autograd.grad(out.square().sum(), (q, k, v))
             assert all(close(a, c, atol=1e-4) for a, c in zip(grads, grads_ref))
 
 
-def test_bf16_training_takes_the_explicit_path_and_stays_finite_on_padded_rows():
-    """Under bf16 autocast with gradients, a fully masked query row (which the builders never
-    make, but a caller might) still gives finite values and gradients."""
-    m = make(CONFIGS["gqa_qknorm"]).train()
+def test_blocked_attention_in_bf16_is_as_close_to_float32_as_the_explicit_path():
+    """In bf16 (where training uses it) blocked_attention's values and gradients are as close
+    to the float32 function as explicit_attention's (autograd's), causal and masked, GQA."""
+    import torch.nn.functional as F
+    from unimm.model.layers import blocked_attention, explicit_attention
+    torch.manual_seed(0)
+    b, t, e = 3, 70, 32
+    for h, g in ((6, 6), (6, 2)):
+        q32 = torch.randn(b, h, t, e)
+        k32, v32 = torch.randn(b, g, t, e), torch.randn(b, g, t, e)
+        mask = (torch.rand(b, 1, t, t) > 0.3) | torch.eye(t, dtype=torch.bool)
+        for m, causal in ((None, True), (mask, False)):
+            leaves = [x.clone().requires_grad_() for x in (q32, k32, v32)]
+            ref = F.scaled_dot_product_attention(
+                leaves[0], leaves[1].repeat_interleave(h // g, 1),
+                leaves[2].repeat_interleave(h // g, 1), attn_mask=m, is_causal=causal)
+            up = torch.randn_like(ref)
+            g_ref = torch.autograd.grad(ref, leaves, up)
+            err = {}
+            for name, fn in (("explicit", explicit_attention), ("blocked", blocked_attention)):
+                xs = [x.bfloat16().requires_grad_() for x in (q32, k32, v32)]
+                out = fn(*xs, m, causal, 0.0) if name == "explicit" else fn(*xs, m, causal, 16)
+                grads = torch.autograd.grad(out, xs, up.bfloat16())
+                err[name] = [float((out.detach().float() - ref.detach()).abs().max())] + \
+                    [float((a.float() - c).abs().max()) for a, c in zip(grads, g_ref)]
+            assert all(x <= 2 * y + 1e-2 for x, y in zip(err["blocked"], err["explicit"])), err
+
+
+def test_bf16_training_takes_the_blocked_path_and_stays_finite_on_padded_rows(monkeypatch):
+    """Under bf16 autocast with gradients attention runs as `blocked_attention` (with dropout,
+    `explicit_attention`); a fully masked query row (which the builders never make, but a
+    caller might) still gives finite values and gradients on both."""
+    import unimm.model.layers as layers
+    calls = []
+    for name in ("blocked_attention", "explicit_attention"):
+        fn = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *a, _f=fn, _n=name, **k: (calls.append(_n),
+                                                                          _f(*a, **k))[1])
     cfg = CONFIGS["gqa_qknorm"]
-    x = torch.randn(2, 5, cfg.dim, requires_grad=True)
-    mask = torch.ones(2, 5, 5, dtype=torch.bool).tril()
-    mask[1, 4] = False                                                  # one empty row
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = m(x, positions_1d(2, 5), mask)
-    y.float().sum().backward()
-    assert torch.isfinite(y.float()).all() and torch.isfinite(x.grad).all()
+    for dropout, path in ((0.0, "blocked_attention"), (0.1, "explicit_attention")):
+        m = make(dataclasses.replace(cfg, dropout=dropout)).train()
+        x = torch.randn(2, 5, cfg.dim, requires_grad=True)
+        mask = torch.ones(2, 5, 5, dtype=torch.bool).tril()
+        mask[1, 4] = False                                              # one empty row
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x, positions_1d(2, 5), mask)
+        y.float().sum().backward()
+        assert calls and set(calls) == {path}
+        assert torch.isfinite(y.float()).all() and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
