@@ -8,9 +8,9 @@ Notable choices:
   attention goes through SDPA's `enable_gqa` (no key/value copies). bf16 training on a CPU
   (up to BLOCKED_MAX_KEYS keys) runs `blocked_attention` instead: the same function, in
   cache-sized pieces, causal blocks reading only their keys, with a written-out backward
-  (1.8x faster than SDPA at 256 keys; up to 1024 keys); with attention dropout, or under
-  torch.compile, up to 256 keys, `explicit_attention` (two matmuls and a float32 softmax,
-  autograd's backward).
+  (1.8x faster than SDPA at 256 keys; up to 1024 keys; under torch.compile it runs eagerly
+  between the compiled graphs); with attention dropout, up to 256 keys, `explicit_attention`
+  (two matmuls and a float32 softmax, autograd's backward).
 - RMSNorm normalises in float32 and casts back, so bf16 autocast keeps a float32 residual stream
   while the matmuls run in bf16.
 - Optional QK-norm (RMSNorm over each head's queries and keys before rotary; OLMo 2, Qwen3)
@@ -65,10 +65,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
     k, v = k.to(q.dtype), v.to(q.dtype)  # a float32 cache under bf16 autocast
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
         s = k.shape[2]
-        if dropout or torch.compiler.is_compiling():   # (a compiler unrolls blocked_attention's
-            if s <= EXPLICIT_MAX_KEYS:                  # loops: > 15 min to compile at 256)
+        if dropout:
+            if s <= EXPLICIT_MAX_KEYS:
                 return explicit_attention(q, k, v, mask, is_causal, dropout)
         elif s <= BLOCKED_MAX_KEYS:
+            if torch.compiler.is_compiling():
+                return _blocked_attention_uncompiled(q, k, v, mask, is_causal)
             return blocked_attention(q, k, v, mask, is_causal)
     h, g = q.shape[1], k.shape[1]
     kwargs = {}
@@ -83,8 +85,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
 
 # bf16 training on a CPU: attention over at most this many keys runs as `blocked_attention`
 # (forward + backward at 1 thread against SDPA: 63 vs 118 ms at 32 x 256 tokens, 105 vs 187 at
-# 16 x 512, 206 vs 222 at 8 x 1024, 384 vs 362 at 4 x 2048), and with attention dropout or
-# under torch.compile, up to EXPLICIT_MAX_KEYS, as `explicit_attention`
+# 16 x 512, 206 vs 222 at 8 x 1024, 384 vs 362 at 4 x 2048), and with attention dropout, up
+# to EXPLICIT_MAX_KEYS, as `explicit_attention`
 BLOCKED_MAX_KEYS = 1024
 EXPLICIT_MAX_KEYS = 256
 # blocked_attention's pieces: this many query rows of a few sequences, whose float32 scores
@@ -159,6 +161,13 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_c
     if mask is not None and mask.dim() == 2:
         mask = mask[None, None]
     return _BlockedAttention.apply(q, k, v, None if is_causal else mask, is_causal, block, c)
+
+
+# torch.compile leaves blocked_attention to run eagerly between its graphs (a graph break per
+# layer): traced, its loops unrolled took > 15 min to compile at 32 x 256 tokens. Measured at
+# that shape, train.compile's step: 1.54 s this way (28 s to compile) against 1.82 s (360 s to
+# compile) with `explicit_attention` traced, and 1.72 s for eager with blocked_attention.
+_blocked_attention_uncompiled = torch.compiler.disable(blocked_attention)
 
 
 class _BlockedAttention(torch.autograd.Function):
