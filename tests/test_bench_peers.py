@@ -52,6 +52,15 @@ def test_bench_peers_quick_smoke(tmp_path):
         assert theirs["transformer_forwards"] > o["transformer_forwards"]   # CFG unbatched
     jn = res["peers"]["janus"]                           # same weights, identical greedy output
     assert jn["detail"]["identical_outputs"] and [row["bar"] for row in jn["rows"]] == [3, 3, 2, 2]
+    for row in jn["rows"]:             # each job's compute floor: counted FLOPs / measured peak
+        fl = row["floor"]
+        assert fl["flops"] > 0 and fl["peak_gflops"] > 0
+        assert fl["floor_s"] == pytest.approx(fl["flops"] / (fl["peak_gflops"] * 1e9))
+        # theirs / floor over ours / floor is the row's ratio (same medians)
+        assert fl["theirs_over_floor"] / fl["ours_over_floor"] == pytest.approx(row["ratio"])
+        assert "compute floor" in row["what"]
+    gen = jn["detail"]["jobs"]
+    assert gen["generate_b4"]["floor"]["flops"] > gen["generate_b1"]["floor"]["flops"]
     md = (tmp_path / "p" / "peers.md").read_text()
     assert md == markdown(res) and "| x-transformers" in md and "| transfusion-pytorch" in md
     assert "| transformers JanusForConditionalGeneration" in md

@@ -14,6 +14,12 @@ unless told otherwise):
 The children also return their outputs, so the parent checks that the greedy image codes and
 answers are identical before it reports any ratio (a ratio of different work means nothing).
 
+Each row also gives its compute floor: the job's matmul FLOPs (counted once in our eager process
+with torch.utils.flop_counter; Janus does at least as many: it has no last-token-only prompt
+fill) at the best fp32 matmul rate measured in our processes (bench.speed.matmul_peak). Janus's
+time over that floor bounds how many times faster any implementation of the same fp32 work can
+be on this machine.
+
 Our side runs twice: eagerly, and (`compile`, default on except in quick runs) with compiled
 decoding steps (`TokenModel.compile_decode`, model/decode.py: AOTInductor, no per-call guards),
 whose compiles happen in the warm-up; both are compared with the same transformers run.
@@ -35,6 +41,7 @@ import torch
 from .common import conditions, timeit
 from .common import in_child
 from .peers import pooled, ratio_row
+from .speed import matmul_peak
 
 QUICK_SET = ["model.dim=32", "model.n_layers=1", "model.n_heads=4", "model.rope_sections=[4,0,0]"]
 
@@ -68,6 +75,14 @@ def _work(v, n: int, seed: int = 0):
     questions = [Turn("vqa", [r.randrange(v.n_text) for _ in range(r.randint(6, 12))],
                       [r.randrange(v.n_codes) for _ in range(v.n_image)]) for _ in range(n)]
     return prompts, questions
+
+
+def count_flops(fn, arg) -> float:
+    """Matmul FLOPs of one call (torch.utils.flop_counter: mm, addmm, bmm, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn(arg)
+    return float(counter.get_total_flops())
 
 
 def _child(spec: dict) -> dict:
@@ -108,6 +123,12 @@ def _child(spec: dict) -> dict:
     jobs = {"generate_b1": (draw, prompts[:1]), f"generate_b{n}": (draw, prompts),
             "answer_b1": (answer, questions[:1]), f"answer_b{n}": (answer, questions)}
     with torch.inference_mode():
+        if spec["side"] == "ours":   # the work, counted once (untimed), and the machine's peak
+            out["flops"] = {name: count_flops(fn, arg) for name, (fn, arg) in jobs.items()}
+            out["peak_gflops"] = matmul_peak(torch.device("cpu"), torch.float32,
+                                             (64, 128, 256) if spec["quick"] else
+                                             (256, 512, 1024, 2048),
+                                             repeats=spec["repeats"])["peak_gflops"]
         for name, (fn, arg) in jobs.items():
             res = fn(arg)
             t = timeit(lambda: fn(arg), repeats=spec["repeats"], warmup=spec["warmup"])
@@ -157,6 +178,14 @@ def measure(spec: dict) -> dict:
                    if "compiled" in runs else {}),
                 "work": ours["work"][k], "identical_output": same[k]}
             for k in ours["jobs"]}
+    # how far each side is from the machine: the job's matmul FLOPs (ours, counted; Janus does
+    # at least as many) at the best fp32 matmul rate measured in our processes
+    peak = max(r["peak_gflops"] for r in runs["ours"])
+    for k, job in jobs.items():
+        floor = ours["flops"][k] / (peak * 1e9)
+        job["floor"] = {"flops": ours["flops"][k], "peak_gflops": peak, "floor_s": floor,
+                        **{f"{side}_over_floor": job[side]["median_s"] / floor
+                           for side in ("ours", "compiled", "theirs") if side in job}}
     m = parts.cfg.model
     return {
         "peer": "transformers JanusForConditionalGeneration "
@@ -202,6 +231,13 @@ def peer_job(spec: dict) -> dict:
                 row = ratio_row(what, job[side], job["theirs"], "tokens/s",
                                 r["bars"]["answer_speedup"], job["work"])
             row["met"] = row["met"] and job["identical_output"]  # a ratio of different work: no
+            fl = job["floor"]
+            row["floor"] = fl
+            row["what"] += (f"; compute floor {fl['floor_s'] * 1e3:.3g} ms ({fl['flops'] / 1e9:.3g} "
+                            f"GFLOP at {fl['peak_gflops']:.0f} GFLOP/s): ours "
+                            f"{fl[side + '_over_floor']:.2f}x it, theirs "
+                            f"{fl['theirs_over_floor']:.2f}x, so at most "
+                            f"{fl['theirs_over_floor']:.2f}x faster than theirs")
             rows.append(row)
     sh = r["shape"]
     return {
