@@ -97,6 +97,13 @@ BLOCK_BYTES = 4 << 20
 EXPLICIT_CHUNK_BYTES = 8 << 20
 
 
+def _equal_chunks(b: int, row_bytes: int, budget: int) -> int:
+    """Sequences per chunk: as many as fit `budget` bytes (at least one), evened out over the
+    chunks that takes (32 rows at 10 per chunk: 4 x 8, not 3 x 10 + 2)."""
+    c = max(1, budget // row_bytes)
+    return -(-b // -(-b // c))
+
+
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
                        dropout: float, chunk_bytes: int = EXPLICIT_CHUNK_BYTES) -> Tensor:
     """Attention as two matmuls and a float32 softmax, the same function as SDPA. Used for
@@ -109,11 +116,9 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_
     weights (finite, unlike -inf), so it cannot put NaN into the gradients of the rows that
     count."""
     b, h, t, _ = q.shape
-    per_row = h * t * k.shape[2] * 4
-    c = max(1, chunk_bytes // per_row)
+    c = _equal_chunks(b, h * t * k.shape[2] * 4, chunk_bytes)
     if c >= b:
         return _explicit_attention(q, k, v, mask, is_causal, dropout)
-    c = -(-b // -(-b // c))                          # equal chunks: 32 rows as 16 + 16, not 21 + 11
     split = mask is not None and mask.dim() == 4 and mask.shape[0] == b
     return torch.cat([_explicit_attention(q[i:i + c], k[i:i + c], v[i:i + c],
                                           mask[i:i + c] if split else mask, is_causal, dropout)
@@ -155,9 +160,7 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_c
     caller's transpose + reshape to (b, t, h e) is a view. A fully masked query row gets uniform
     weights, as in `explicit_attention`."""
     b, h, t, _ = q.shape
-    per_row = h * min(block, t) * k.shape[2] * 4
-    c = max(1, piece_bytes // per_row)
-    c = -(-b // -(-b // c))                          # equal chunks: 32 rows as 4 x 8, not 3 x 10 + 2
+    c = _equal_chunks(b, h * min(block, t) * k.shape[2] * 4, piece_bytes)
     if mask is not None and mask.dim() == 2:
         mask = mask[None, None]
     return _BlockedAttention.apply(q, k, v, None if is_causal else mask, is_causal, block, c)
@@ -191,17 +194,21 @@ class _BlockedAttention(torch.autograd.Function):
         kg, vg = (k, v) if g == h else (k[:, :, None], v[:, :, None])      # (b, g, [1,] s, e)
         if mask is not None and g != h:
             mask = mask[:, :, None]                                        # (b|1, 1, 1, t, s)
+        blocks = []                      # query rows [i0, i1), the n keys they see, causal mask
+        for i0 in range(0, t, block):
+            i1 = min(t, i0 + block)
+            n = min(s, i1 + s - t) if is_causal else s
+            hide = (torch.ones(i1 - i0, n, dtype=torch.bool, device=q.device)
+                    .tril(i0 + s - t).logical_not_() if is_causal else None)
+            blocks.append((i0, i1, n, hide))
         probs, pieces = [], []
         for c0 in range(0, b, chunk):
             c1 = min(b, c0 + chunk)
-            for i0 in range(0, t, block):
-                i1 = min(t, i0 + block)
-                n = min(s, i1 + s - t) if is_causal else s                 # keys this block sees
+            for i0, i1, n, hide in blocks:
                 sc = torch.matmul(qg[c0:c1, ..., i0:i1, :],
                                   kg[c0:c1, ..., :n, :].transpose(-1, -2)).float().mul_(scale)
-                if is_causal:
-                    sc.masked_fill_(torch.ones(i1 - i0, n, dtype=torch.bool, device=q.device)
-                                    .tril(i0 + s - t).logical_not_(), low)
+                if hide is not None:
+                    sc.masked_fill_(hide, low)
                 elif mask is not None:
                     m = mask[c0:c1] if mask.shape[0] == b else mask
                     sc.masked_fill_(~m[..., i0:i1, :n], low)
