@@ -85,6 +85,53 @@ def test_batched_cfg_equals_separate_cond_uncond_passes():
     assert not torch.equal(ar.generate_images(m, ts, 1.0, GREEDY), batched)
 
 
+def t2i_turns(n=4, seed=5):
+    r = random.Random(seed)
+    return [Turn("t2i", [r.randrange(V.n_text) for _ in range(1 + i % 6)]) for i in range(n)]
+
+
+@pytest.mark.parametrize("uncond", ["drop", "pad"])
+def test_shared_unconditional_prefix_fill_equals_the_plain_fill(uncond):
+    """Guided t2i rows whose unconditional twins share a prefix (<bos> + <pad> x n, or a
+    dropped condition) fill that prefix once: same hidden states and cache slots as filling
+    every row, and the same images."""
+    m = model(6)
+    ar = Autoregressive(V, ARConfig(uncond=uncond))
+    ts = t2i_turns()
+    rows = [format_turn(V, t, with_target=False) for t in ts]
+    rows += [ar.unconditional(t) for t in ts]
+    lead = ar.shared_guidance_prefix(rows[len(ts):])
+    assert lead is not None
+    batch = collate(rows, V.pad, left=True)
+    R, T = batch.tokens.shape
+    mask = ar.prefix_attention(batch)
+    with torch.no_grad():
+        plain = m.new_cache(R, T + 2)
+        h_plain = ar.hidden(m, batch.tokens, batch.pos, mask, {}, cache=plain, last=True)[:, -1]
+        shared = m.new_cache(R, T + 2)
+        h_shared = ar._fill_guided(m, batch, mask, len(ts) + lead, shared)
+    assert shared.length == plain.length == T
+    assert torch.allclose(h_shared, h_plain, atol=1e-5)
+    real = batch.valid[None, :, None, :, None]              # slots of real tokens
+    for a, b in ((shared.k, plain.k), (shared.v, plain.v)):
+        assert torch.allclose(a[..., :T, :] * real, b[..., :T, :] * real, atol=1e-5)
+    fast = ar.generate_images(m, ts, 3.0, GREEDY)
+    if uncond == "drop":                                      # the reference's guidance rows
+        assert torch.equal(fast, greedy_images_by_recompute(m, ts, 3.0))
+    ar.shared_guidance_prefix = lambda rows: None             # the plain fill
+    assert torch.equal(fast, ar.generate_images(m, ts, 3.0, GREEDY))
+
+
+def test_unconditional_rows_without_a_common_prefix_are_filled_row_by_row():
+    ar = Autoregressive(V, ARConfig(uncond="pad"))
+    r = random.Random(1)
+    edits = [Turn("edit", [1, 2], [r.randrange(V.n_codes) for _ in range(V.n_image)])
+             for _ in range(2)]                               # different source images
+    assert ar.shared_guidance_prefix([ar.unconditional(t) for t in edits]) is None
+    same = [Turn("t2i", [3, 4, 5]), Turn("t2i", [6])]
+    assert ar.shared_guidance_prefix([ar.unconditional(t) for t in same]) == 0
+
+
 def test_cached_text_decoding_equals_full_recompute():
     m = model(2)
     ar = Autoregressive(V)

@@ -116,6 +116,59 @@ class Autoregressive(Paradigm):
         tgt = batch.loss[:, 1:]
         return float(tgt.sum() if batch.weight is None else batch.weight[:, 1:][tgt].sum())
 
+    def shared_guidance_prefix(self, rows: list[Packed]) -> int | None:
+        """The index of the longest of these unconditional rows if every one of them, less its
+        last token, is a prefix (tokens and positions) of that row, under a causal mask; else
+        None. So it is with Janus's padded rows (<bos>, <pad> x prompt length, <boi>) and with
+        dropped conditions: their keys and values can be computed once (`_fill_guided`)."""
+        lead = max(range(len(rows)), key=lambda i: len(rows[i]))
+        top = rows[lead]
+        for r in rows:
+            n = len(r) - 1
+            if r.tokens[:n] != top.tokens[:n] or list(r.pos[:n]) != list(top.pos[:n]):
+                return None
+            if self.bidirectional_images and any(r.span):
+                return None
+        return lead
+
+    def _fill_guided(self, model: TokenModel, batch: Batch, mask: Tensor, lead: int,
+                     cache) -> Tensor:
+        """The prompt fill of a guided batch (B conditional rows, then B unconditional ones)
+        whose unconditional rows share a prefix (`shared_guidance_prefix`; `lead` is the row
+        of the longest, counted in the whole batch): the conditional rows as usual; the shared
+        prefix once, in the lead row; copied into the other unconditional rows' slots (left
+        padding puts it at a different offset in each); then the unconditional rows' last
+        tokens together. Janus-size guided batch of 16: the unconditional half of the fill
+        shrinks from 16 padded rows to one row plus 16 tokens. Returns the last hidden states
+        (R, D), as the plain fill does (equal up to float rounding; tests compare)."""
+        from ..model.cache import KVCache
+        tokens, pos = batch.tokens, batch.pos
+        R, T = tokens.shape
+        B = R // 2
+        n = batch.valid.sum(1).tolist()
+
+        def rows(a: int, b: int) -> KVCache:             # a view: writes land in `cache`
+            return KVCache(cache.k[:, a:b], cache.v[:, a:b])
+        hc = self.hidden(model, tokens[:B], pos[:B], mask[:B], {}, cache=rows(0, B),
+                         last=True)[:, -1]
+        j = lead
+        a = T - n[j]                                     # the lead row's first real slot
+        lead_rows = rows(j, j + 1)
+        lead_rows.length = a                             # its left padding: never attended
+        self.hidden(model, tokens[j:j + 1, a:T - 1], pos[j:j + 1, a:T - 1],
+                    mask[j:j + 1, :, a:T - 1, :T - 1], {}, cache=lead_rows, start=a, last=True)
+        for i in range(B, R):                            # row i's prefix: n[i] - 1 slots
+            if i != j:
+                src = slice(a, a + n[i] - 1)
+                cache.k[:, i, :, T - n[i]:T - 1] = cache.k[:, j, :, src]
+                cache.v[:, i, :, T - n[i]:T - 1] = cache.v[:, j, :, src]
+        uncond = rows(B, R)
+        uncond.length = T - 1
+        hu = self.hidden(model, tokens[B:, T - 1:], pos[B:, T - 1:], mask[B:, :, T - 1:],
+                         {}, cache=uncond, start=T - 1, last=True)[:, -1]
+        cache.length = T
+        return torch.cat([hc, hu])
+
     @torch.no_grad()
     def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float = 1.0,
                         sampling: SamplingConfig = SamplingConfig(), generator=None) -> Tensor:
@@ -133,8 +186,12 @@ class Autoregressive(Paradigm):
         cache = model.new_cache(R, T + N, device=dev, reuse=True)
         src = turns + [drop_condition(t) for t in turns] if use_cfg else turns
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
-        h = self.hidden(model, tokens, pos, self.prefix_attention(batch), extra,
-                        cache=cache, last=True)[:, -1]                    # (R, D)
+        mask = self.prefix_attention(batch)
+        lead = self.shared_guidance_prefix(rows[B:]) if use_cfg and B > 1 and not extra else None
+        if lead is None:
+            h = self.hidden(model, tokens, pos, mask, extra, cache=cache, last=True)[:, -1]
+        else:
+            h = self._fill_guided(model, batch, mask, B + lead, cache)        # (R, D)
         t0 = valid.sum(1)                                      # sequence index of code 0, per row
         where = torch.stack([image_positions(t0, k, v.grid) for k in range(N)], 1)  # (R, N, 3)
         slots = model.decode_slots(valid, cache)
