@@ -204,6 +204,7 @@ def train_child(spec: dict) -> dict:
 
 # x-transformers' two attention paths, each timed; ours is compared with the faster one
 XT = ("x-transformers (SDPA)", "x-transformers (einsum attention)")
+XT_PATH = {k: k[k.index("(") + 1:k.rindex(")")] for k in XT}   # "SDPA", ...: for labels
 
 
 def xtransformers_training(spec: dict) -> dict:
@@ -237,8 +238,8 @@ def xtransformers_training(spec: dict) -> dict:
         rows.append(ratio_row(f"training tokens/s, {size} (D {shape['dim']}, "
                               f"L {shape['n_layers']}, H {shape['n_heads']}, B {shape['batch']} "
                               f"x T {shape['seq']}), {precision}; theirs: the faster of its two "
-                              f"attention paths, {best[16:-1]} ("
-                              + ", ".join(f"{k[16:-1]} {impls[k]['tokens_per_s']:.0f} tok/s"
+                              f"attention paths, {XT_PATH[best]} ("
+                              + ", ".join(f"{XT_PATH[k]} {impls[k]['tokens_per_s']:.0f} tok/s"
                                           for k in XT) + ")",
                               o["step"], x["step"], "tokens/s", 1.0, o["tokens_per_step"]))
         print(f"  ours {o['tokens_per_s']:.0f} tok/s, "
