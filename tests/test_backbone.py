@@ -372,3 +372,32 @@ def test_last_token_only_equals_the_full_forward(name):
             got = m(x, pos, mask, cache=c2, last=True)
             assert got.shape == (b, 1, cfg.dim) and close(got, full[:, -1:])
             assert close(c1.k, c2.k) and close(c1.v, c2.v) and c2.length == t
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
+def test_packed_linear_matches_f_linear_and_follows_weight_changes():
+    """Inference over many rows runs oneDNN on a packed copy of the weight: the same product,
+    packed again after an in-place change (an optimizer step, a load); with autograd, F.linear."""
+    import gc
+
+    import torch.nn.functional as F
+
+    from unimm.model import layers
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(96, 64))
+    x = torch.randn(3, layers.PACKED_MIN_ROWS, 64)
+    with torch.no_grad():
+        y = layers.linear(x, w)
+        assert id(w) in layers._packed                            # the packed path ran
+        assert torch.allclose(y, F.linear(x, w), rtol=1e-5, atol=1e-5)
+        w.mul_(-2.0)                                              # stale packing must not be used
+        assert torch.allclose(layers.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+        few = x[:1, :8]                                           # few rows: F.linear exactly
+        assert torch.equal(layers.linear(few, w), F.linear(few, w))
+    out = layers.linear(x, w)                                     # autograd: F.linear
+    out.sum().backward()
+    assert w.grad is not None and torch.equal(out, F.linear(x, w))
+    key = id(w)
+    del w, out
+    gc.collect()
+    assert key not in layers._packed                              # freed with its weight
