@@ -75,3 +75,17 @@ def test_bench_peers_rejects_unknown_names(tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr and "available: xtransformers" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_compute_floor_counts_the_packed_projections():
+    """Prompt fills run their projections on packed oneDNN weights, which the FLOP counter
+    cannot see; the floor counts them as the F.linear products they are."""
+    import torch
+
+    from unimm.bench.peer_janus import count_flops
+    from unimm.model import layers
+    w, x = torch.randn(64, 32), torch.randn(layers.PACKED_MIN_ROWS, 32)
+    with torch.inference_mode():
+        assert count_flops(lambda a: layers.linear(a, w), x) == 2 * x.shape[0] * 32 * 64
+        layers.linear(x, w)
+        assert layers._packing["ok"] == torch.backends.mkldnn.is_available()   # restored

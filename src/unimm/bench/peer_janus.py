@@ -78,9 +78,12 @@ def _work(v, n: int, seed: int = 0):
 
 
 def count_flops(fn, arg) -> float:
-    """Matmul FLOPs of one call (torch.utils.flop_counter: mm, addmm, bmm, attention)."""
+    """Matmul FLOPs of one call (torch.utils.flop_counter: mm, addmm, bmm, attention), with
+    the projections as F.linear (the counter has no formula for the packed oneDNN op)."""
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+
+    from ..model.layers import plain_linear
+    with plain_linear(), FlopCounterMode(display=False) as counter:
         fn(arg)
     return float(counter.get_total_flops())
 

@@ -29,6 +29,7 @@ e head dim, f MLP hidden.
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,6 +51,18 @@ _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5
 PACKED_MIN_ROWS = 256
 _packed: dict[int, tuple] = {}     # id(weight) -> (weakref, weight version, packed weight)
 _packing = {"ok": torch.backends.mkldnn.is_available()}
+
+
+@contextmanager
+def plain_linear():
+    """Inside: every `linear` is F.linear (the packed path off), e.g. to count FLOPs:
+    torch.utils.flop_counter has no formula for oneDNN's op and would miss those products."""
+    was = _packing["ok"]
+    _packing["ok"] = False
+    try:
+        yield
+    finally:
+        _packing["ok"] = was
 
 
 def linear(x: Tensor, w: Tensor) -> Tensor:
