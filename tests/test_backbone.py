@@ -392,8 +392,12 @@ def test_packed_linear_matches_f_linear_and_follows_weight_changes():
         assert torch.allclose(y, F.linear(x, w), rtol=1e-5, atol=1e-5)
         w.mul_(-2.0)                                              # stale packing must not be used
         assert torch.allclose(layers.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+        w.data = torch.randn(96, 64)                              # new data, same version
+        assert torch.allclose(layers.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
         few = x[:1, :8]                                           # few rows: F.linear exactly
         assert torch.equal(layers.linear(few, w), F.linear(few, w))
+        with torch.autocast("cpu", dtype=torch.bfloat16):         # autocast keeps its bf16
+            assert layers.linear(x, w).dtype == torch.bfloat16
     out = layers.linear(x, w)                                     # autograd: F.linear
     out.sum().backward()
     assert w.grad is not None and torch.equal(out, F.linear(x, w))

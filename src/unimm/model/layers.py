@@ -49,8 +49,16 @@ _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5
 # default shapes (K 192-512, N 192-1024), 1 thread of the 2-core dev CPU: 106-113 GFLOP/s
 # against 94-102 for F.linear (MKL) at 448-1296 rows; at 16 rows it was slower (55 vs 68).
 PACKED_MIN_ROWS = 256
-_packed: dict[int, tuple] = {}     # id(weight) -> (weakref, weight version, packed weight)
+_packed: dict[int, tuple] = {}     # id(weight) -> (weakref, (version, data_ptr), packed)
 _packing = {"ok": torch.backends.mkldnn.is_available()}
+
+
+def _autocast_on() -> bool:
+    """CPU autocast is on (F.linear then runs in its lower precision, as the caller asked)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:   # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 @contextmanager
@@ -73,14 +81,14 @@ def linear(x: Tensor, w: Tensor) -> Tensor:
     rounding (~1e-6 relative). Everything else, and anything a compiler traces, is F.linear."""
     if (not _packing["ok"] or torch.compiler.is_compiling() or torch.is_grad_enabled()
             or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
-            or x.numel() < PACKED_MIN_ROWS * x.shape[-1]):
+            or x.numel() < PACKED_MIN_ROWS * x.shape[-1] or _autocast_on()):
         return F.linear(x, w)
-    try:
-        version = w._version
+    try:   # what the packed copy was made from: in-place writes bump the version, and
+        state = (w._version, w.data_ptr())   # `w.data = ...` (which keeps it) moves the data
     except RuntimeError:   # an inference tensor has no version counter: nothing to key on
         return F.linear(x, w)
     entry = _packed.get(id(w))
-    if entry is None or entry[0]() is not w or entry[1] != version:
+    if entry is None or entry[0]() is not w or entry[1] != state:
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1)
         except Exception:  # noqa: BLE001 - a build without these ops: plain F.linear from now on
@@ -88,7 +96,7 @@ def linear(x: Tensor, w: Tensor) -> Tensor:
             return F.linear(x, w)
         if entry is None or entry[0]() is not w:
             weakref.finalize(w, _packed.pop, id(w), None)
-        entry = _packed[id(w)] = (weakref.ref(w), version, packed)
+        entry = _packed[id(w)] = (weakref.ref(w), state, packed)
     return torch.ops.mkldnn._linear_pointwise(x, entry[2], None, "none", [], "")
 
 
