@@ -58,7 +58,12 @@ def test_bench_peers_quick_smoke(tmp_path):
         assert fl["floor_s"] == pytest.approx(fl["flops"] / (fl["peak_gflops"] * 1e9))
         # theirs / floor over ours / floor is the row's ratio (same medians)
         assert fl["theirs_over_floor"] / fl["ours_over_floor"] == pytest.approx(row["ratio"])
-        assert "compute floor" in row["what"]
+        assert "compute floor" in row["what"] and "machine floor" in row["what"]
+        # the machine floor: measured products + keys/values read once at the read bandwidth
+        assert 0 < fl["kernel_s"] and 0 < fl["kv_bytes"] and 0 < fl["read_gbps"]
+        assert fl["machine_s"] == pytest.approx(fl["kernel_s"] + fl["kv_s"])
+        assert fl["kv_s"] == pytest.approx(fl["kv_bytes"] / (fl["read_gbps"] * 1e9))
+        assert fl["theirs_over_machine"] / fl["ours_over_machine"] == pytest.approx(row["ratio"])
     gen = jn["detail"]["jobs"]
     assert gen["generate_b4"]["floor"]["flops"] > gen["generate_b1"]["floor"]["flops"]
     md = (tmp_path / "p" / "peers.md").read_text()
@@ -89,3 +94,30 @@ def test_compute_floor_counts_the_packed_projections():
         assert count_flops(lambda a: layers.linear(a, w), x) == 2 * x.shape[0] * 32 * 64
         layers.linear(x, w)
         assert layers._packing["ok"] == torch.backends.mkldnn.is_available()   # restored
+
+
+def test_work_recorder_counts_products_and_attention_reads():
+    """The machine floor's inputs: every 2-D product's shape (projections through the packed
+    path included, as F.linear) and the key/value bytes attention is handed."""
+    import torch
+    import torch.nn.functional as F
+
+    from unimm.bench.peer_janus import record_work
+    from unimm.bench.speed import gemm_seconds
+    from unimm.model import layers
+    w = torch.randn(48, 32)
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
+
+    def job(x):
+        layers.linear(x, w)                                     # packed: 3 x 100 rows
+        F.linear(x[0], w, torch.zeros(48))                      # 100 rows, with a bias
+        x[0, :2] @ w.t()                                        # mm: 2 rows
+        F.scaled_dot_product_attention(q, k, v)
+    with torch.inference_mode():
+        work = record_work(job, torch.randn(3, layers.PACKED_MIN_ROWS // 2 + 100, 32))
+        rows = layers.PACKED_MIN_ROWS // 2 + 100
+        assert sorted(work["gemms"]) == sorted([[3 * rows, 32, 48, 1], [rows, 32, 48, 1],
+                                                [2, 32, 48, 1]])
+        assert work["kv_bytes"] == 2 * k.numel() * 4
+        t = gemm_seconds([(16, 32, 48)], torch.device("cpu"), calls=3)
+        assert list(t) == [(16, 32, 48)] and 0 < t[(16, 32, 48)] < 1

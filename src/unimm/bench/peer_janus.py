@@ -18,7 +18,11 @@ Each row also gives its compute floor: the job's matmul FLOPs (counted once in o
 with torch.utils.flop_counter; Janus does at least as many: it has no last-token-only prompt
 fill) at the best fp32 matmul rate measured in our processes (bench.speed.matmul_peak). Janus's
 time over that floor bounds how many times faster any implementation of the same fp32 work can
-be on this machine.
+be on this machine. Next to it, the job's machine floor (`machine_floor`): its products at the
+fastest rate measured on this machine for each of their shapes (small-row products run well
+below the square-matmul peak) plus one read of the keys and values its attention is handed, at
+the measured streaming read bandwidth; what the job would take on these kernels if nothing
+else cost anything.
 
 Our side runs twice: eagerly, and (`compile`, default on except in quick runs) with compiled
 decoding steps (`TokenModel.compile_decode`, model/decode.py: AOTInductor, no per-call guards),
@@ -34,14 +38,16 @@ from __future__ import annotations
 import random
 import tempfile
 import types
+from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .common import conditions, timeit
 from .common import in_child
 from .peers import pooled, ratio_row
-from .speed import matmul_peak
+from .speed import gemm_seconds, matmul_peak, read_bandwidth
 
 QUICK_SET = ["model.dim=32", "model.n_layers=1", "model.n_heads=4", "model.rope_sections=[4,0,0]"]
 
@@ -88,6 +94,38 @@ def count_flops(fn, arg) -> float:
     return float(counter.get_total_flops())
 
 
+class _WorkRecorder(TorchDispatchMode):
+    """Inside: the shapes (M, K, N) of every product by a 2-D weight (F.linear, mm, addmm,
+    matmul; counted) and the bytes of keys and values handed to attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.gemms, self.kv_bytes = Counter(), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        aten = torch.ops.aten
+        if func in (aten.linear.default, aten.mm.default, aten.addmm.default,
+                    aten.matmul.default):
+            x, w = (args[1], args[2]) if func is aten.addmm.default else args[:2]
+            if w.dim() == 2:          # batched matmuls (attention) stay with the rest
+                n = w.shape[0] if func is aten.linear.default else w.shape[1]
+                self.gemms[(x.numel() // x.shape[-1], x.shape[-1], n)] += 1
+        elif func in (aten.scaled_dot_product_attention.default,
+                      aten._scaled_dot_product_flash_attention_for_cpu.default):
+            self.kv_bytes += sum(t.numel() * t.element_size() for t in args[1:3])
+        return func(*args, **(kwargs or {}))
+
+
+def record_work(fn, arg) -> dict:
+    """The 2-D products of one call as [M, K, N, calls] (projections as F.linear, see
+    count_flops) and the bytes of keys/values its attention calls read."""
+    from ..model.layers import plain_linear
+    with plain_linear(), _WorkRecorder() as rec:
+        fn(arg)
+    return {"gemms": [[*shape, n] for shape, n in sorted(rec.gemms.items())],
+            "kv_bytes": rec.kv_bytes}
+
+
 def _child(spec: dict) -> dict:
     """One side (spec['side'] = 'ours' | 'janus'): load the weights, time the jobs. Run in its
     own process by bench.common.in_child (which sets the thread count)."""
@@ -127,11 +165,18 @@ def _child(spec: dict) -> dict:
             "answer_b1": (answer, questions[:1]), f"answer_b{n}": (answer, questions)}
     with torch.inference_mode():
         if spec["side"] == "ours":   # the work, counted once (untimed), and the machine's peak
+            cpu = torch.device("cpu")
             out["flops"] = {name: count_flops(fn, arg) for name, (fn, arg) in jobs.items()}
-            out["peak_gflops"] = matmul_peak(torch.device("cpu"), torch.float32,
+            out["work_profile"] = {name: record_work(fn, arg) for name, (fn, arg) in jobs.items()}
+            out["peak_gflops"] = matmul_peak(cpu, torch.float32,
                                              (64, 128, 256) if spec["quick"] else
                                              (256, 512, 1024, 2048),
                                              repeats=spec["repeats"])["peak_gflops"]
+            shapes = sorted({tuple(g[:3]) for w in out["work_profile"].values()
+                             for g in w["gemms"]})
+            out["gemm_s"] = [[*shape, t] for shape, t in gemm_seconds(shapes, cpu).items()]
+            out["read_gbps"] = read_bandwidth(cpu, 16 if spec["quick"] else 256,
+                                              spec["repeats"])["gb_per_s"]
         for name, (fn, arg) in jobs.items():
             res = fn(arg)
             t = timeit(lambda: fn(arg), repeats=spec["repeats"], warmup=spec["warmup"])
@@ -145,6 +190,28 @@ def _child(spec: dict) -> dict:
             print(f"  {spec['side']:5s} {name:13s} {t['median_s'] * 1e3:9.1f} ms "
                   f"(min {t['min_s'] * 1e3:.1f}, max {t['max_s'] * 1e3:.1f})", flush=True)
     return out
+
+
+def machine_floor(runs: list[dict], job: str) -> dict:
+    """A job's floor on this machine's own kernels and memory, from our processes' records:
+    each of its 2-D products at the fastest time measured for that shape (the best over the
+    processes), the rest of its counted FLOPs (attention) at the matmul peak, plus the bytes of
+    keys and values its attention reads, once, at the measured streaming read bandwidth. Not a
+    strict bound (a better kernel, or keys and values served from cache, would beat it), but
+    the time it takes on these kernels if nothing else cost anything and nothing were read
+    twice."""
+    best: dict[tuple, float] = {}
+    for r in runs:
+        for *shape, t in r["gemm_s"]:
+            best[tuple(shape)] = min(t, best.get(tuple(shape), float("inf")))
+    work = runs[0]["work_profile"][job]
+    gemm_s = sum(n * best[(m, k, o)] for m, k, o, n in work["gemms"])
+    rest = runs[0]["flops"][job] - sum(2 * m * k * o * n for m, k, o, n in work["gemms"])
+    peak, bw = max(r["peak_gflops"] for r in runs), max(r["read_gbps"] for r in runs)
+    kv_s = work["kv_bytes"] / (bw * 1e9)
+    kernel_s = gemm_s + max(rest, 0) / (peak * 1e9)
+    return {"kernel_s": kernel_s, "kv_bytes": work["kv_bytes"], "read_gbps": bw, "kv_s": kv_s,
+            "machine_s": kernel_s + kv_s}
 
 
 def measure(spec: dict) -> dict:
@@ -188,7 +255,10 @@ def measure(spec: dict) -> dict:
         floor = ours["flops"][k] / (peak * 1e9)
         job["floor"] = {"flops": ours["flops"][k], "peak_gflops": peak, "floor_s": floor,
                         **{f"{side}_over_floor": job[side]["median_s"] / floor
-                           for side in ("ours", "compiled", "theirs") if side in job}}
+                           for side in ("ours", "compiled", "theirs") if side in job},
+                        **machine_floor(runs["ours"], k)}
+        job["floor"].update({f"{side}_over_machine": job[side]["median_s"] / job["floor"][
+            "machine_s"] for side in ("ours", "compiled", "theirs") if side in job})
     m = parts.cfg.model
     return {
         "peer": "transformers JanusForConditionalGeneration "
@@ -240,7 +310,13 @@ def peer_job(spec: dict) -> dict:
                             f"GFLOP at {fl['peak_gflops']:.0f} GFLOP/s): ours "
                             f"{fl[side + '_over_floor']:.2f}x it, theirs "
                             f"{fl['theirs_over_floor']:.2f}x, so at most "
-                            f"{fl['theirs_over_floor']:.2f}x faster than theirs")
+                            f"{fl['theirs_over_floor']:.2f}x faster than theirs; machine "
+                            f"floor {fl['machine_s'] * 1e3:.3g} ms (products at the fastest "
+                            f"rate measured for each shape, {fl['kernel_s'] * 1e3:.3g} ms, + "
+                            f"keys/values read once, {fl['kv_bytes'] / 1e9:.3g} GB at "
+                            f"{fl['read_gbps']:.3g} GB/s, {fl['kv_s'] * 1e3:.3g} ms): ours "
+                            f"{fl[side + '_over_machine']:.2f}x it, theirs "
+                            f"{fl['theirs_over_machine']:.2f}x")
             rows.append(row)
     sh = r["shape"]
     return {

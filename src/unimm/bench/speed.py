@@ -158,6 +158,47 @@ def copy_bandwidth(dev: torch.device, mbytes: int, repeats: int) -> dict:
             "best_gb_per_s": 2 * n * 4 / t["min_s"] / 1e9}
 
 
+def read_bandwidth(dev: torch.device, mbytes: int, repeats: int) -> dict:
+    """GB/s of one streaming read: the sum of an fp32 tensor of `mbytes` MiB (take a size well
+    above the last-level cache to measure main memory)."""
+    x = torch.rand(mbytes * 2 ** 20 // 4, device=dev)
+    t = _timed(lambda: x.sum(), dev, repeats, warmup=2)
+    return {"mbytes": mbytes, "gb_per_s": x.numel() * 4 / t["median_s"] / 1e9,
+            "best_gb_per_s": x.numel() * 4 / t["min_s"] / 1e9}
+
+
+def gemm_seconds(shapes, dev: torch.device, calls: int = 25) -> dict[tuple, float]:
+    """For each fp32 product (M, K, N), i.e. x (M, K) times a weight (N, K) transposed, the
+    fastest of `calls` timed calls (hot cache) over the kernels this torch offers: F.linear
+    (MKL / cuBLAS) and on a CPU also oneDNN on a weight packed once (what `layers.linear` runs
+    for prompt fills). A floor for those products on this machine, not their cost in place,
+    where weights and caches come from further away."""
+    import torch.nn.functional as F
+    out = {}
+    for m, k, n in shapes:
+        x, w = torch.randn(m, k, device=dev), torch.randn(n, k, device=dev)
+        kernels = [lambda: F.linear(x, w)]
+        if dev.type == "cpu" and torch.backends.mkldnn.is_available():
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
+                kernels.append(lambda p=packed: torch.ops.mkldnn._linear_pointwise(
+                    x, p, None, "none", [], ""))
+            except (RuntimeError, AttributeError):   # a build without oneDNN's packed linear
+                pass
+        best = float("inf")
+        for fn in kernels:
+            for _ in range(3):
+                fn()
+            _sync(dev)
+            for _ in range(calls):
+                t = time.perf_counter()
+                fn()
+                _sync(dev)
+                best = min(best, time.perf_counter() - t)
+        out[(m, k, n)] = best
+    return out
+
+
 def machine_constants(dev: torch.device, quick: bool, repeats: int) -> dict:
     if dev.type == "cuda":
         sizes = (256, 512, 1024) if quick else (1024, 2048, 4096, 8192)
