@@ -59,12 +59,15 @@ def test_bench_speed_quick_smoke(tmp_path):
     assert comp["s_per_image_b1"] > 0 and comp["bandwidth"]["b1_g1.5"]["step_s"] > 0
     assert comp["runs"]["b1_g1.0"]["backbone_calls"] == 1          # steps bypass the backbone
     assert [bool(row.get("generation_compiled")) for row in res["rows"]] == [True, False, False]
+    both = [row.get("generation_compiled_bf16") for row in res["rows"]]   # compiled + bf16: ar
+    assert both[0]["s_per_image_b16"] > 0 and both[0]["cfg_cost"]["b1"] > 0 and not any(both[1:])
     for row in res["rows"]:                                        # bf16 sampling: every one
         half = row["generation_bf16"]
         assert half["s_per_image_b1"] > 0 and half["cfg_cost"]["b1"] > 0
     md = (tmp_path / "s" / "speed.md").read_text()
     for section in ("Machine constants", "Training", "Generation", "Cache gains",
                     "memory floor", "Compiled decoding", "bf16 autocast", "Understanding",
+                    "Compiled decoding under bf16",
                     "| flow |"):
         assert section in md
     assert md == markdown(res)

@@ -48,3 +48,12 @@ def test_data_preview_export_check(tmp_path):
     assert r.returncode == 2 and "known: caption" in r.stderr
     r = run("data", "preview", "--bogus")
     assert r.returncode == 2 and "No such option" in r.stderr
+
+
+def test_unknown_precision_is_refused_before_anything_loads(tmp_path):
+    out = tmp_path / "e.json"
+    for cmd in (("eval", "--precision", "fp16", "-o", str(out)), ("serve", "--precision", "int8")):
+        r = run(*cmd)
+        assert r.returncode == 2 and "choose fp32 or bf16" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not out.exists()

@@ -36,13 +36,13 @@ def prompts(n, seed=0):
             for _ in range(n)]
 
 
-def prefilled(m, n_rows=3):
+def prefilled(m, n_rows=3, dtype=None):
     """A left-padded prefix written into a cache -> (cache, valid, T)."""
     from unimm.paradigms.base import format_turn
     batch = collate([format_turn(V, t, with_target=False) for t in prompts(n_rows)], V.pad,
                     left=True)
     T = batch.tokens.shape[1]
-    cache = m.new_cache(n_rows, T + 8)
+    cache = m.new_cache(n_rows, T + 8, dtype=dtype)
     mask = batch.valid[:, None, None, :] & torch.ones(T, T, dtype=torch.bool).tril()
     m.hidden(batch.tokens, batch.pos, mask | torch.eye(T, dtype=torch.bool), cache=cache)
     return cache, batch.valid, T
@@ -68,6 +68,54 @@ def test_static_step_equals_eager_step(kw):
             twin.length = T + k + 1
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(twin.k[..., :T + k + 1, :], cache.k[..., :T + k + 1, :])
+
+
+def test_autocast_caches_hold_the_keys_and_values_exactly():
+    """Under bf16 autocast keys and values are computed in bf16, so the cache is made in bf16
+    (half the memory and the bytes a step reads) and holds exactly what a float32 one would."""
+    m = model(qk_norm=True)
+    lo, hi = V.code_start, V.size
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low, valid, T = prefilled(m)
+        full, _, _ = prefilled(m, dtype=torch.float32)
+        assert low.k.dtype == torch.bfloat16 and full.k.dtype == torch.float32
+        assert torch.equal(low.k.float(), full.k) and torch.equal(low.v.float(), full.v)
+        tok, pos = torch.tensor([[lo], [lo + 1], [5]]), torch.tensor([[[T, 0, 0]]] * 3)
+        a = m.decode_logits(tok, pos, m.decode_slots(valid, low), low, T, lo, hi)
+        b = m.decode_logits(tok, pos, m.decode_slots(valid, full), full, T, lo, hi)
+        assert torch.equal(a, b) and torch.equal(low.k.float(), full.k)
+    assert m.new_cache(1, 4).k.dtype == torch.float32             # autocast off again
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_decoding_under_autocast_runs_a_bf16_library():
+    """eval.precision = "bf16" with compiled decoding: the step library is traced from a copy
+    of the weights in bf16 (the model keeps its float32 weights) and computes what that copy
+    computes eagerly, up to bf16 rounding."""
+    from unimm.model.decode import DecodeStep
+    m = model(code_mlp=24)
+    lo, hi = V.code_start, V.size
+    step = DecodeStep(m)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache, valid, T = prefilled(m, n_rows=10)      # 10 rows: the oneDNN library
+        twin = cache.clone()
+        slots = m.decode_slots(valid, cache)
+        tok = torch.arange(10)[:, None] + lo
+        pos = torch.tensor([[[T, 0, 0]]] * 10)
+        got = step(tok, pos, slots, cache, T, lo, hi)
+        assert [k[4] for k in step._aoti] == [torch.bfloat16] and step.failed is None
+        want, nk, nv = static_step(step._lowered(torch.bfloat16), tok, pos, slots,
+                                   torch.tensor([T]), twin.k, twin.v, lo, hi)
+    exact, _, _ = static_step(m, tok, pos, slots, torch.tensor([T]), twin.k.float(),
+                              twin.v.float(), lo, hi)
+    assert got.dtype == torch.float32 and cache.k.dtype == torch.bfloat16
+    scale = want.abs().max()
+    assert (got - want).abs().max() < 0.03 * scale                # bf16 rounding, fused
+    assert (got - exact).abs().max() < 0.1 * scale                # the same model
+    torch.testing.assert_close(cache.k[..., T, :].float(), nk[..., 0, :].float(), atol=0.05,
+                               rtol=0.05)
+    assert all(p.dtype == torch.float32 for p in m.parameters())
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,

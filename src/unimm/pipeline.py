@@ -60,12 +60,16 @@ class Pipeline:
 
     @classmethod
     def load(cls, run: str | os.PathLike | None = None, device: str = "auto",
-             compile: bool = False) -> "Pipeline":
+             compile: bool = False, precision: str | None = None) -> "Pipeline":
         """Load a run folder (None or "default": the model that ships with the package).
         `compile`: token-by-token decoding (answers, autoregressive images) through a compiled
         fixed-shape step (model/decode.py, AOTInductor): same greedy outputs, faster once warm;
         the first call per kind (answer text, image codes) and batch class (up to 8 rows, 9 to
-        256) compiles, about a minute on a CPU, so it pays off in servers and long jobs."""
+        256) compiles, about a minute on a CPU, so it pays off in servers and long jobs.
+        `precision`: "fp32" or "bf16" instead of the run's eval.precision (bf16: the network
+        under bf16 autocast, and compiled steps computing in bf16; outputs may differ)."""
+        if precision not in (None, "fp32", "bf16"):
+            raise ValueError(f"unknown precision {precision!r}; choose fp32 or bf16")
         run_dir = DEFAULT_RUN if run in (None, "default") else Path(run)
         if not run_dir.exists():
             raise RunError(f"no run folder at {run_dir}" + (
@@ -73,6 +77,8 @@ class Pipeline:
                 "configs/shapes_ar.toml`)" if run_dir == DEFAULT_RUN else ""))
         dev = resolve_device(device)
         pipe = cls(load_run(run_dir, dev), device=dev)
+        if precision is not None:
+            pipe.precision = precision
         if compile:
             pipe.model.compile_decode()
         return pipe

@@ -540,6 +540,11 @@ def measure(spec: dict) -> dict:
             comp = measure_generation(parts, model, dev, t2i, sampling, repeats, warmup)
         comp["bandwidth"] = decode_bandwidth(parts, model, t2i, comp, spec["machine"])
         comp["compile_failed"] = model.__dict__["_decode"].failed
+        if spec.get("bf16"):
+            # and under bf16 autocast: the steps' library then computes in bf16
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+                row["generation_compiled_bf16"] = measure_generation(
+                    parts, model, dev, t2i, sampling, repeats, warmup)
         model.compile_decode(False)
         row["generation_compiled"] = comp
     row["training"] = measure_training(tr, dev, repeats, max(warmup, 2))
@@ -749,6 +754,17 @@ def markdown(result: dict) -> str:
                             r["generation"]["s_per_image_b16"] / c["s_per_image_b16"],
                             c["cfg_cost"]["b1"], c["cfg_cost"]["b16"]]
                            for r in half if (c := r["generation_bf16"])]))
+    both = [r for r in rows if r.get("generation_compiled_bf16")]
+    if both:
+        out.append("\nCompiled decoding under bf16 autocast (the step library computes in "
+                   "bf16); speed-up = compiled fp32 time / compiled bf16 time.\n\n")
+        out.append(_table(["paradigm", "size", "s / image b1", "s / image b16", "speed-up b1",
+                           "speed-up b16", "CFG cost b1", "CFG cost b16"],
+                          [[r["paradigm"], r["size"], c["s_per_image_b1"], c["s_per_image_b16"],
+                            r["generation_compiled"]["s_per_image_b1"] / c["s_per_image_b1"],
+                            r["generation_compiled"]["s_per_image_b16"] / c["s_per_image_b16"],
+                            c["cfg_cost"]["b1"], c["cfg_cost"]["b16"]]
+                           for r in both if (c := r["generation_compiled_bf16"])]))
     out.append("\n## Understanding (paradigm.generate_text, batch 1, <eos> masked out)\n\n")
     out.append(_table(["paradigm", "size", "tokens", "decode forwards", "time to first token s",
                        "total s", "tokens/s", "tokens/s after the first"],

@@ -34,9 +34,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 RUN_HELP = "Run folder (default: the model that ships with the package)."
 
 
-def _pipe(run: Optional[Path], compile: bool = False):
+PRECISION_HELP = ("fp32 | bf16: sampling precision instead of the run's eval.precision (bf16: "
+                  "bf16 autocast, and with --compile the steps compute in bf16; outputs may "
+                  "differ from fp32).")
+
+
+def _pipe(run: Optional[Path], compile: bool = False, precision: Optional[str] = None):
     from ..pipeline import Pipeline
-    return Pipeline.load(run, compile=compile)
+    return Pipeline.load(run, compile=compile, precision=precision)
 
 
 def _save_images(images, out: Path) -> list[Path]:
@@ -298,14 +303,19 @@ def eval_cmd(
     split: str = typer.Option("test", help="val | test"),
     quick: bool = typer.Option(False, help="Use a quarter of the items."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="JSON path (default <run>/eval.json)."),
+    compile: bool = typer.Option(False, "--compile", help="Compiled token-by-token decoding "
+                                 "(same greedy outputs; about a minute of compiling first)."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
     """Evaluate a run: a table on screen, JSON + sample PNGs on disk."""
     from ..pipeline import default_run_dir
     run_dir = run or default_run_dir()
-    _run_eval(run_dir, split, quick, out or Path(run_dir) / f"eval_{split}.json")
+    _run_eval(run_dir, split, quick, out or Path(run_dir) / f"eval_{split}.json", compile,
+              precision)
 
 
-def _run_eval(run_dir: Path, split: str, quick: bool, out: Path) -> dict:
+def _run_eval(run_dir: Path, split: str, quick: bool, out: Path, compile: bool = False,
+              precision: Optional[str] = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
@@ -315,7 +325,7 @@ def _run_eval(run_dir: Path, split: str, quick: bool, out: Path) -> dict:
     from ..utils.io import write_json
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {split!r}")
-    pipe = Pipeline.load(run_dir)
+    pipe = Pipeline.load(run_dir, compile=compile, precision=precision)
     r = evaluate(pipe, split, quick=quick, samples_dir=out.parent)
     table = Table(title=f"unimm eval: {run_dir} ({split})")
     table.add_column("metric")
@@ -324,6 +334,7 @@ def _run_eval(run_dir: Path, split: str, quick: bool, out: Path) -> dict:
         table.add_row(k, f"{v:.3f}")
     Console().print(table)
     write_json(out, {"run": str(run_dir), "split": split, "quick": quick, "metrics": r,
+                     "compile": compile, "precision": pipe.precision,
                      "conditions": conditions()})
     typer.echo(f"wrote {out}")
     return r
@@ -514,6 +525,7 @@ def serve_cmd(
                                  "(same greedy outputs): the first request per kind (answers, "
                                  "images) and batch class (<= 8 rows, 9-256) compiles for about "
                                  "a minute on a CPU; faster after."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
     """OpenAI-compatible server (chat, images, edits) and a web page at /, over the Python API."""
     try:
@@ -523,7 +535,7 @@ def serve_cmd(
         raise ValueError(f"serving needs the `serve` extra ({e.name} is missing): "
                          "pip install -e '.[serve]'") from None
     settings = _serve_settings(max_batch, wait_ms, queue_size, timeout)
-    api = create_app(_pipe(run, compile), settings)
+    api = create_app(_pipe(run, compile, precision), settings)
     typer.echo(f"unimm: serving on http://{host}:{port}/  (OpenAI API at /v1, docs at /docs)")
     uvicorn.run(api, host=host, port=port, log_level="warning",
                 timeout_graceful_shutdown=int(timeout) + 5)

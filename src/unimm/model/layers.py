@@ -55,12 +55,22 @@ _packed: dict[int, tuple] = {}     # id(weight) -> (weakref, (version, data_ptr)
 _packing = {"ok": torch.backends.mkldnn.is_available()}
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The lower precision autocast is running matmuls in on this device type ("cpu",
+    "cuda"), or None when it is off there."""
+    try:
+        on, dtype = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):   # torch < 2.4
+        if device_type == "cpu":
+            on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        else:
+            on, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    return dtype if on else None
+
+
 def _autocast_on() -> bool:
     """CPU autocast is on (F.linear then runs in its lower precision, as the caller asked)."""
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:   # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
+    return autocast_dtype("cpu") is not None
 
 
 @contextmanager

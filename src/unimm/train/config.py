@@ -147,9 +147,11 @@ class EvalConfig:
     top_p: float = 1.0
     quick_fraction: float = 0.25      # periodic evaluation uses this share (VQA: all n_vqa)
     # Precision of sampling (Pipeline.answer / draw, hence eval, demo and serve): "bf16" runs
-    # the network under bf16 autocast (matmuls in bf16, norms, logits, caches and ODE states in
-    # fp32): ~4x the matmul rate on CPUs with AVX512-BF16, which pays when a step is a
-    # compute-bound span forward (masked, flow, mmada); outputs may differ from fp32.
+    # the network under bf16 autocast (matmuls in bf16, norms, logits and ODE states in fp32;
+    # KV caches in bf16, which is what their keys and values are computed in): ~4x the matmul
+    # rate on CPUs with AVX512-BF16, which pays when a step is a compute-bound span forward
+    # (masked, flow, mmada) and, with compiled decoding, for token-by-token steps (their
+    # library then computes in bf16: model/decode.py); outputs may differ from fp32.
     precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self):
