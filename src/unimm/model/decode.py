@@ -323,9 +323,8 @@ class DecodeStep:
         out = win = None
         # under autocast (a run's eval.precision = "bf16"): a library traced with the weights
         # in autocast's precision, as a bf16 model would run (norms and rotary upcast inside,
-        # logits returned in float32). Whole jobs under autocast at the Janus-compatible shape,
-        # 1 thread, against the float32 library: guided images 1.26x faster at batch 1 and
-        # 1.58x at batch 16, answers 1.24x and 1.68x
+        # logits returned in float32). `bench speed`, 1 thread, against the float32 library:
+        # images 1.11-1.28x faster at batch 1, 1.45-1.54x at batch 16 (README, Speed)
         low = autocast_dtype(tok.device.type)
         if low == next(self.model.parameters()).dtype:
             low = None
