@@ -28,31 +28,28 @@ def test_default_model_is_small_and_self_contained():
     assert (d / "MODEL_CARD.md").is_file()
 
 
-def test_default_model_answers_and_draws(pipe):
+def _answers_and_draws(pipe, n_vqa: int, n_t2i: int) -> None:
+    """VQA accuracy >= 0.55 over n_vqa test questions, full-scene text-to-image >= 0.35."""
     w = ShapesWorld("test")
-    exs = [w.vqa_example(i) for i in range(60)]
+    exs = [w.vqa_example(i) for i in range(n_vqa)]
     preds = pipe.answer([e.image for e in exs], [e.text for e in exs])
     acc = np.mean([normalize_answer(p) == normalize_answer(e.target_text) for p, e in zip(preds, exs)])
     assert acc >= 0.55, acc
-    t2i = [w.t2i_example(i, geneval=False) for i in range(48)]
+    t2i = [w.t2i_example(i, geneval=False) for i in range(n_t2i)]
     judged = judge_batch(np.stack(pipe.draw([e.text for e in t2i])))
     full = np.mean([e.target_scene.key() == j.key() for e, j in zip(t2i, judged)])
     assert full >= 0.35, full
+
+
+def test_default_model_answers_and_draws(pipe):
+    _answers_and_draws(pipe, 60, 48)
 
 
 def test_default_model_in_bf16_answers_and_draws():
     """precision="bf16" (autocast, bf16 KV caches): the same floors on fewer items."""
     half = Pipeline.load(device="cpu", precision="bf16")
     assert half.precision == "bf16"
-    w = ShapesWorld("test")
-    exs = [w.vqa_example(i) for i in range(30)]
-    preds = half.answer([e.image for e in exs], [e.text for e in exs])
-    acc = np.mean([normalize_answer(p) == normalize_answer(e.target_text) for p, e in zip(preds, exs)])
-    assert acc >= 0.55, acc
-    t2i = [w.t2i_example(i, geneval=False) for i in range(16)]
-    judged = judge_batch(np.stack(half.draw([e.text for e in t2i])))
-    full = np.mean([e.target_scene.key() == j.key() for e, j in zip(t2i, judged)])
-    assert full >= 0.35, full
+    _answers_and_draws(half, 30, 16)
 
 
 def test_reasoning_replies_are_cut_to_the_answer(pipe, monkeypatch):

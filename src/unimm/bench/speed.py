@@ -742,29 +742,24 @@ def markdown(result: dict) -> str:
                             c["bandwidth"]["b1_g1.5"]["step_over_floor"],
                             c["compile_failed"] or "no"]
                            for r in rows if (c := r.get("generation_compiled"))]))
-    half = [r for r in rows if r.get("generation_bf16")]
-    if half:
-        out.append("\n### Sampling under bf16 autocast (`eval.precision = \"bf16\"`)\n\n"
-                   "The same timings with the network under bf16 autocast (outputs may differ "
-                   "from fp32); speed-up = fp32 time / bf16 time.\n\n")
-        out.append(_table(["paradigm", "size", "s / image b1", "s / image b16", "speed-up b1",
-                           "speed-up b16", "CFG cost b1", "CFG cost b16"],
-                          [[r["paradigm"], r["size"], c["s_per_image_b1"], c["s_per_image_b16"],
-                            r["generation"]["s_per_image_b1"] / c["s_per_image_b1"],
-                            r["generation"]["s_per_image_b16"] / c["s_per_image_b16"],
-                            c["cfg_cost"]["b1"], c["cfg_cost"]["b16"]]
-                           for r in half if (c := r["generation_bf16"])]))
-    both = [r for r in rows if r.get("generation_compiled_bf16")]
-    if both:
-        out.append("\nCompiled decoding under bf16 autocast (the step library computes in "
-                   "bf16); speed-up = compiled fp32 time / compiled bf16 time.\n\n")
-        out.append(_table(["paradigm", "size", "s / image b1", "s / image b16", "speed-up b1",
-                           "speed-up b16", "CFG cost b1", "CFG cost b16"],
-                          [[r["paradigm"], r["size"], c["s_per_image_b1"], c["s_per_image_b16"],
-                            r["generation_compiled"]["s_per_image_b1"] / c["s_per_image_b1"],
-                            r["generation_compiled"]["s_per_image_b16"] / c["s_per_image_b16"],
-                            c["cfg_cost"]["b1"], c["cfg_cost"]["b16"]]
-                           for r in both if (c := r["generation_compiled_bf16"])]))
+    for key, base, text in (
+            ("generation_bf16", "generation",
+             "\n### Sampling under bf16 autocast (`eval.precision = \"bf16\"`)\n\n"
+             "The same timings with the network under bf16 autocast (outputs may differ "
+             "from fp32); speed-up = fp32 time / bf16 time.\n\n"),
+            ("generation_compiled_bf16", "generation_compiled",
+             "\nCompiled decoding under bf16 autocast (the step library computes in "
+             "bf16); speed-up = compiled fp32 time / compiled bf16 time.\n\n")):
+        if any(r.get(key) for r in rows):
+            out.append(text)
+            out.append(_table(["paradigm", "size", "s / image b1", "s / image b16",
+                               "speed-up b1", "speed-up b16", "CFG cost b1", "CFG cost b16"],
+                              [[r["paradigm"], r["size"], c["s_per_image_b1"],
+                                c["s_per_image_b16"],
+                                r[base]["s_per_image_b1"] / c["s_per_image_b1"],
+                                r[base]["s_per_image_b16"] / c["s_per_image_b16"],
+                                c["cfg_cost"]["b1"], c["cfg_cost"]["b16"]]
+                               for r in rows if (c := r.get(key))]))
     out.append("\n## Understanding (paradigm.generate_text, batch 1, <eos> masked out)\n\n")
     out.append(_table(["paradigm", "size", "tokens", "decode forwards", "time to first token s",
                        "total s", "tokens/s", "tokens/s after the first"],
