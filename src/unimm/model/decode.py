@@ -35,9 +35,9 @@ Both freeze the weights into the compiled code (prepacked on CPU), so a compiled
 inference only and stale once the weights change. Under autocast (eval.precision = "bf16") the
 AOTInductor library is traced from a copy of the weights in autocast's precision and computes
 the step in it (the model keeps its float32 weights; the caches are then bf16 too,
-`Backbone.new_cache`); its outputs may differ from float32 ones, as autocast's do. If AOTInductor fails (an older torch, an
-unsupported op), the step falls back to `torch.compile`, and from there to eager, each time
-with a warning that says why.
+`Backbone.new_cache`); its outputs may differ from float32 ones, as autocast's do. If
+AOTInductor fails (an older torch, an unsupported op), the step falls back to `torch.compile`,
+and from there to eager, each time with a warning that says why.
 
 Letters: r rows, l layers, h query heads, g kv heads, m cache slots, e head dim, d model dim.
 """
