@@ -87,11 +87,11 @@ def test_compute_floor_counts_the_packed_projections():
     cannot see; the floor counts them as the F.linear products they are."""
     import torch
 
-    from unimm.bench.peer_janus import count_flops
+    from unimm.bench.peer_janus import record_work
     from unimm.model import layers
     w, x = torch.randn(64, 32), torch.randn(layers.PACKED_MIN_ROWS, 32)
     with torch.inference_mode():
-        assert count_flops(lambda a: layers.linear(a, w), x) == 2 * x.shape[0] * 32 * 64
+        assert record_work(lambda a: layers.linear(a, w), x)["flops"] == 2 * x.shape[0] * 32 * 64
         layers.linear(x, w)
         assert layers._packing["ok"] == torch.backends.mkldnn.is_available()   # restored
 

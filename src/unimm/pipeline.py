@@ -22,6 +22,7 @@ from .data.images import ImageError, load_image
 from .data.text import final_answer
 from .paradigms.base import Turn
 from .paradigms.sampling import GREEDY, MAX_GUIDANCE, SamplingConfig
+from .train.config import PRECISIONS
 from .train.run import Parts, RunError, load_run, resolve_device
 
 MAX_PROMPT_CHARS = 1000
@@ -68,8 +69,8 @@ class Pipeline:
         256) compiles, about a minute on a CPU, so it pays off in servers and long jobs.
         `precision`: "fp32" or "bf16" instead of the run's eval.precision (bf16: the network
         under bf16 autocast, and compiled steps computing in bf16; outputs may differ)."""
-        if precision not in (None, "fp32", "bf16"):
-            raise ValueError(f"unknown precision {precision!r}; choose fp32 or bf16")
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
         run_dir = DEFAULT_RUN if run in (None, "default") else Path(run)
         if not run_dir.exists():
             raise RunError(f"no run folder at {run_dir}" + (

@@ -83,17 +83,6 @@ def _work(v, n: int, seed: int = 0):
     return prompts, questions
 
 
-def count_flops(fn, arg) -> float:
-    """Matmul FLOPs of one call (torch.utils.flop_counter: mm, addmm, bmm, attention), with
-    the projections as F.linear (the counter has no formula for the packed oneDNN op)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..model.layers import plain_linear
-    with plain_linear(), FlopCounterMode(display=False) as counter:
-        fn(arg)
-    return float(counter.get_total_flops())
-
-
 class _WorkRecorder(TorchDispatchMode):
     """Inside: the shapes (M, K, N) of every product by a 2-D weight (F.linear, mm, addmm,
     matmul; counted) and the bytes of keys and values handed to attention."""
@@ -117,12 +106,17 @@ class _WorkRecorder(TorchDispatchMode):
 
 
 def record_work(fn, arg) -> dict:
-    """The 2-D products of one call as [M, K, N, calls] (projections as F.linear, see
-    count_flops) and the bytes of keys/values its attention calls read."""
+    """One call, run once: its matmul FLOPs (torch.utils.flop_counter: mm, addmm, bmm,
+    attention), its 2-D products as [M, K, N, calls], and the bytes of keys/values its attention
+    calls read; the projections run as F.linear (the counter has no formula for the packed
+    oneDNN op)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from ..model.layers import plain_linear
-    with plain_linear(), _WorkRecorder() as rec:
+    with plain_linear(), FlopCounterMode(display=False) as counter, _WorkRecorder() as rec:
         fn(arg)
-    return {"gemms": [[*shape, n] for shape, n in sorted(rec.gemms.items())],
+    return {"flops": float(counter.get_total_flops()),
+            "gemms": [[*shape, n] for shape, n in sorted(rec.gemms.items())],
             "kv_bytes": rec.kv_bytes}
 
 
@@ -166,8 +160,8 @@ def _child(spec: dict) -> dict:
     with torch.inference_mode():
         if spec["side"] == "ours":   # the work, counted once (untimed), and the machine's peak
             cpu = torch.device("cpu")
-            out["flops"] = {name: count_flops(fn, arg) for name, (fn, arg) in jobs.items()}
             out["work_profile"] = {name: record_work(fn, arg) for name, (fn, arg) in jobs.items()}
+            out["flops"] = {name: w.pop("flops") for name, w in out["work_profile"].items()}
             out["peak_gflops"] = matmul_peak(cpu, torch.float32,
                                              (64, 128, 256) if spec["quick"] else
                                              (256, 512, 1024, 2048),

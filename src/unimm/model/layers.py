@@ -68,11 +68,6 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return dtype if on else None
 
 
-def _autocast_on() -> bool:
-    """CPU autocast is on (F.linear then runs in its lower precision, as the caller asked)."""
-    return autocast_dtype("cpu") is not None
-
-
 @contextmanager
 def plain_linear():
     """Inside: every `linear` is F.linear (the packed path off), e.g. to count FLOPs:
@@ -93,7 +88,8 @@ def linear(x: Tensor, w: Tensor) -> Tensor:
     rounding (~1e-6 relative). Everything else, and anything a compiler traces, is F.linear."""
     if (not _packing["ok"] or torch.compiler.is_compiling() or torch.is_grad_enabled()
             or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
-            or x.numel() < PACKED_MIN_ROWS * x.shape[-1] or _autocast_on()):
+            or x.numel() < PACKED_MIN_ROWS * x.shape[-1]
+            or autocast_dtype("cpu") is not None):   # F.linear in autocast's precision
         return F.linear(x, w)
     try:   # what the packed copy was made from: in-place writes bump the version, and
         state = (w._version, w.data_ptr())   # `w.data = ...` (which keeps it) moves the data

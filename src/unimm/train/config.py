@@ -17,6 +17,8 @@ from ..paradigms.mmada import MMaDAConfig
 from ..paradigms.sampling import MAX_GUIDANCE
 from ..tokenizers.train_image import TokenizerTrainConfig
 
+PRECISIONS = ("fp32", "bf16")   # sampling precisions: eval.precision, Pipeline.load(precision=)
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -159,7 +161,7 @@ class EvalConfig:
             g = getattr(self, name)
             if g is not None and not 0 <= g <= MAX_GUIDANCE:
                 raise ValueError(f"eval.{name} must lie in [0, {MAX_GUIDANCE:g}], got {g}")
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"eval.precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
