@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unimm.model.backbone import BackboneConfig
-from unimm.model.decode import static_step
+from unimm.model.decode import static_step, step_bias
 from unimm.model.unified import TokenModel
 from unimm.paradigms.ar import Autoregressive
 from unimm.paradigms.base import Turn
@@ -62,7 +62,8 @@ def test_static_step_equals_eager_step(kw):
             pos = torch.tensor([[[T + k, k, 1]]] * 3)
             want = m.decode_logits(tok, pos, slots, cache, T + k, lo, hi)        # eager (SDPA)
             idx = torch.tensor([T + k])
-            got, nk, nv = static_step(m, tok, pos, slots, idx, twin.k, twin.v, lo, hi)
+            got, nk, nv = static_step(m, tok, pos, step_bias(slots, T + k, torch.float32),
+                                      twin.k, twin.v, lo, hi)
             twin.k.index_copy_(3, idx, nk)
             twin.v.index_copy_(3, idx, nv)
             twin.length = T + k + 1
@@ -105,9 +106,9 @@ def test_compiled_decoding_under_autocast_runs_a_bf16_library():
         pos = torch.tensor([[[T, 0, 0]]] * 10)
         got = step(tok, pos, slots, cache, T, lo, hi)
         assert [k[4] for k in step._aoti] == [torch.bfloat16] and step.failed is None
-        want, nk, nv = static_step(step._lowered(torch.bfloat16), tok, pos, slots,
-                                   torch.tensor([T]), twin.k, twin.v, lo, hi)
-    exact, _, _ = static_step(m, tok, pos, slots, torch.tensor([T]), twin.k.float(),
+        want, nk, nv = static_step(step._lowered(torch.bfloat16), tok, pos,
+                                   step_bias(slots, T, torch.bfloat16), twin.k, twin.v, lo, hi)
+    exact, _, _ = static_step(m, tok, pos, step_bias(slots, T, torch.float32), twin.k.float(),
                               twin.v.float(), lo, hi)
     assert got.dtype == torch.float32 and cache.k.dtype == torch.bfloat16
     scale = want.abs().max()

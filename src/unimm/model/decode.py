@@ -6,7 +6,8 @@ compiler then either recompiles per length or copies whole cache buffers to make
 functional (measured: slower than eager). This step is written for a compiler instead:
 
 - every tensor has the same shape at every step: attention reads all `m` slots of the cache
-  under a mask (slots not yet written, left padding and slots at or after `idx` are masked);
+  under an additive mask given as an input (`step_bias`: slots not yet written and left
+  padding are masked);
 - the cache is only *read* inside the graph: the new token attends to the cached slots plus
   itself (its own key/value held apart, combined in one softmax), and returns its keys/values,
   which `DecodeStep` writes into the cache afterwards in one `index_copy_` per tensor;
@@ -61,28 +62,35 @@ from unimm.model.layers import autocast_dtype
 from unimm.model.rotary import apply_rotary
 
 
-def static_step(model, tok: Tensor, pos: Tensor, slots: Tensor, idx: Tensor,
-                k_cache: Tensor, v_cache: Tensor, lo: int, hi: int
-                ) -> tuple[Tensor, Tensor, Tensor]:
+def step_bias(slots: Tensor, start: int, dtype: torch.dtype) -> Tensor:
+    """The additive attention mask of a decoding step, (r, m) in `dtype`: 0 where a row may
+    attend to a cache slot (`slots`, Bool (r, m): its valid prefix and every generated slot)
+    that is already written (before `start`, the new token's slot), -inf elsewhere."""
+    bias = torch.zeros(slots.shape, dtype=dtype, device=slots.device)
+    bias.masked_fill_(~slots, float("-inf"))
+    bias[:, start:] = float("-inf")
+    return bias
+
+
+def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
+                v_cache: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
     """One new token per row against a read-only cache.
 
-    tok (r, 1) token ids, pos (r, 1, 3) positions, slots Bool (r, m) cache slots a row may
-    attend to once written (its valid prefix and every generated slot), idx Long (1,) the new
-    token's slot (slots >= idx are not written yet), caches (l, r, g, m, e), [lo, hi) the
-    vocabulary slice to score. Returns float32 logits (r, hi - lo) of the next token and the new
-    token's keys / values (l, r, g, 1, e)."""
+    tok (r, 1) token ids, pos (r, 1, 3) positions, bias (r, m) the additive mask over the
+    cache's slots (`step_bias`; given as an input, not built from the slots in the graph: the
+    compiler would recompute it inside every attention loop, 3-6 % of a step at 16-32 rows and
+    48-112 slots), caches (l, r, g, m, e), [lo, hi) the vocabulary slice to score. Returns
+    float32 logits (r, hi - lo) of the next token and the new token's keys / values
+    (l, r, g, 1, e)."""
     bb = model.backbone
     cfg = bb.cfg
     r = tok.shape[0]
     h, g, e = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    m = k_cache.shape[3]
     x = model.embed_tokens(tok, pos, dense=True)                           # (r, 1, d)
     rot = bb.rotary
     coord = pos[..., rot.axis]
     cos, sin = rot.cos[coord, rot.pair].unsqueeze(1), rot.sin[coord, rot.pair].unsqueeze(1)
-    open_ = slots & (torch.arange(m, device=tok.device) < idx)              # (r, m)
-    bias = torch.zeros(open_.shape, dtype=x.dtype, device=x.device).masked_fill(
-        ~open_, float("-inf"))[:, None, None, :]                            # (r, 1, 1, m)
+    bias = bias[:, None, None, :]                                           # (r, 1, 1, m)
     scale = e ** -0.5
     keys, values = [], []
     for layer, blk in enumerate(bb.blocks):
@@ -121,8 +129,8 @@ class _Step(torch.nn.Module):
         super().__init__()
         self.model, self.lo, self.hi = model, lo, hi
 
-    def forward(self, tok, pos, slots, idx, k_cache, v_cache):
-        return static_step(self.model, tok, pos, slots, idx, k_cache, v_cache, self.lo, self.hi)
+    def forward(self, tok, pos, bias, k_cache, v_cache):
+        return static_step(self.model, tok, pos, bias, k_cache, v_cache, self.lo, self.hi)
 
 
 BACKENDS = ("aoti", "inductor")
@@ -218,7 +226,7 @@ class DecodeStep:
         compiled for exactly 32, 4.2 vs 4.4 ms). Rows and cache slots are dynamic in both:
         steps read a window of the cache (`_window`). `low`: a lower precision to compute in
         (weights, activations and the new keys/values in it; see `__call__`)."""
-        tok, pos, slots, idx, k_cache, v_cache = args
+        tok, pos, bias, k_cache, v_cache = args
         r = tok.shape[0]
         small = r <= SMALL
         key = (small, lo, hi, k_cache.dtype, low or next(self.model.parameters()).dtype,
@@ -236,10 +244,9 @@ class DecodeStep:
             l, _, g, _, e = k_cache.shape
             example = (tok[:1].expand(re, -1).contiguous(),
                        pos[:1].expand(re, -1, -1).contiguous(),
-                       torch.ones(re, me, dtype=slots.dtype, device=slots.device),
-                       torch.tensor([me // 2], device=idx.device),
+                       bias.new_zeros(re, me),
                        k_cache.new_zeros(l, re, g, me, e), v_cache.new_zeros(l, re, g, me, e))
-            dynamic = ({0: rows}, {0: rows}, {0: rows, 1: m}, None, {1: rows, 3: m},
+            dynamic = ({0: rows}, {0: rows}, {0: rows, 1: m}, {1: rows, 3: m},
                        {1: rows, 3: m})
             options = aoti_options(tok.device, small)
             model = self.model if low is None else self._lowered(low)
@@ -319,20 +326,21 @@ class DecodeStep:
             raise ValueError(f"decoding step inputs tok {tuple(tok.shape)}, pos "
                              f"{tuple(pos.shape)}, slots {tuple(slots.shape)} do not fit a "
                              f"cache of {r} rows x {m} slots")
-        idx = torch.tensor([start], device=tok.device)
         out = win = None
         # under autocast (a run's eval.precision = "bf16"): a library traced with the weights
         # in autocast's precision, as a bf16 model would run (norms and rotary upcast inside,
         # logits returned in float32). `bench speed`, 1 thread, against the float32 library:
         # images 1.11-1.28x faster at batch 1, 1.45-1.54x at batch 16 (README, Speed)
         low = autocast_dtype(tok.device.type)
-        if low == next(self.model.parameters()).dtype:
+        dtype = next(self.model.parameters()).dtype
+        if low == dtype:
             low = None
         if self.backend == "aoti" and self.failed is None and r <= LARGE:  # else: eagerly
             try:   # the library assumes the contiguous layout it was traced with
                 win = self._window(cache, start)
                 w = win[0].shape[3]
-                args = tuple(x.contiguous() for x in (tok, pos, slots[:, :w], idx)) + win
+                args = (tok.contiguous(), pos.contiguous(),
+                        step_bias(slots[:, :w], start, low or dtype)) + win
                 run = self._runner(args, lo, hi, low)
                 if low is None:
                     out = run(*args)
@@ -350,15 +358,16 @@ class DecodeStep:
             cache.window = None
         if out is None and self.backend == "inductor" and self.failed is None:
             try:
-                out = self.fn(tok, pos, slots, idx, cache.k, cache.v, lo, hi)
+                out = self.fn(tok, pos, step_bias(slots, start, dtype), cache.k, cache.v, lo,
+                              hi)
             except Exception as err:   # no C++ compiler, an unsupported op, ...: run eagerly
                 self.failed = _reason(err)
                 warnings.warn(f"compiled decoding unavailable, decoding eagerly ({self.failed})")
         if out is not None:
             logits, k, v = out
         else:
-            logits, k, v = static_step(self.model, tok, pos, slots, idx, cache.k, cache.v,
-                                       lo, hi)
+            logits, k, v = static_step(self.model, tok, pos, step_bias(slots, start, dtype),
+                                       cache.k, cache.v, lo, hi)
         k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
         dest = (cache.k, cache.v) if win is None else win    # the window: flushed later
         dest[0].narrow(3, start, 1).copy_(k)                  # (3x faster than index_copy_)
