@@ -388,7 +388,7 @@ def test_packed_linear_matches_f_linear_and_follows_weight_changes():
     x = torch.randn(3, layers.PACKED_MIN_ROWS, 64)
     with torch.no_grad():
         y = layers.linear(x, w)
-        assert id(w) in layers._packed                            # the packed path ran
+        assert (id(w), 0, 96) in layers._packed                   # the packed path ran
         assert torch.allclose(y, F.linear(x, w), rtol=1e-5, atol=1e-5)
         w.mul_(-2.0)                                              # stale packing must not be used
         assert torch.allclose(layers.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
@@ -396,12 +396,16 @@ def test_packed_linear_matches_f_linear_and_follows_weight_changes():
         assert torch.allclose(layers.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
         few = x[:1, :8]                                           # few rows: F.linear exactly
         assert torch.equal(layers.linear(few, w), F.linear(few, w))
+        for rows in (x, few):                   # SwiGLU: fused into oneDNN's GEMMs, or plain
+            g, u = F.linear(rows, w).chunk(2, dim=-1)
+            assert torch.allclose(layers.swiglu(rows, w), F.silu(g) * u, rtol=1e-5, atol=1e-5)
+        assert (id(w), 0, 48) in layers._packed and (id(w), 48, 96) in layers._packed
         with torch.autocast("cpu", dtype=torch.bfloat16):         # autocast keeps its bf16
             assert layers.linear(x, w).dtype == torch.bfloat16
     out = layers.linear(x, w)                                     # autograd: F.linear
     out.sum().backward()
     assert w.grad is not None and torch.equal(out, F.linear(x, w))
-    key = id(w)
+    key = (id(w), 0, 96)
     del w, out
     gc.collect()
     assert key not in layers._packed                              # freed with its weight
