@@ -298,3 +298,18 @@ def test_compiled_libraries_are_kept_on_disk_per_weights(tmp_path, monkeypatch):
         assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want2)
         assert calls == [1, 1] and len(list((tmp_path / "decode").glob("*.pt2"))) == 2
         assert not list((tmp_path / "decode").glob("*.tmp"))
+
+
+def test_loaded_step_libraries_are_called_through_their_loader():
+    """A loaded package is called through its loader's boxed_run on the step's tensors (no
+    per-call spec parsing), returning a tuple; without one, the package itself."""
+    from types import SimpleNamespace
+
+    from unimm.model.decode import _direct
+    seen = []
+    pkg = SimpleNamespace(loader=SimpleNamespace(
+        boxed_run=lambda xs: seen.append(len(xs)) or [x * 2 for x in xs]))
+    out = _direct(pkg)(torch.ones(1), torch.zeros(2))
+    assert isinstance(out, tuple) and seen == [2] and torch.equal(out[0], torch.full((1,), 2.0))
+    plain = SimpleNamespace()
+    assert _direct(plain) is plain

@@ -122,6 +122,17 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
 
 
+def _direct(package):
+    """A loaded AOTInductor package as a plain function of the step's five tensors: its
+    loader's `boxed_run` on them, without the package's per-call pytree work (it parses the
+    input and output specs from JSON at every call: ~25 µs of a ~0.3 ms 2-row step). The
+    package itself where its loader has no `boxed_run` (another torch)."""
+    loader = getattr(package, "loader", None)
+    if not callable(getattr(loader, "boxed_run", None)):
+        return package
+    return lambda *tensors: tuple(loader.boxed_run(list(tensors)))
+
+
 class _Step(torch.nn.Module):
     """static_step with the vocabulary slice fixed, as a module for torch.export."""
 
@@ -256,7 +267,7 @@ class DecodeStep:
                                               dynamic_shapes=dynamic)
                 run = self._load_or_compile(program, options, path, tok.device)
             del model, program
-            self._aoti[key] = run
+            self._aoti[key] = run = _direct(run)
         return run
 
     @staticmethod
