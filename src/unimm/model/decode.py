@@ -240,8 +240,8 @@ class DecodeStep:
         tok, pos, bias, k_cache, v_cache = args
         r = tok.shape[0]
         small = r <= SMALL
-        key = (small, lo, hi, k_cache.dtype, low or next(self.model.parameters()).dtype,
-               str(tok.device))
+        # the compute dtype is the mask's (`__call__` builds it in `low` or the weights' dtype)
+        key = (small, lo, hi, k_cache.dtype, bias.dtype, str(tok.device))
         run = self._aoti.get(key)
         if run is None:
             if self._dir is None:
