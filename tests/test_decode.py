@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unimm.model.backbone import BackboneConfig
-from unimm.model.decode import static_step, step_bias
+from unimm.model.decode import static_fill, static_step, step_bias
 from unimm.model.unified import TokenModel
 from unimm.paradigms.ar import Autoregressive
 from unimm.paradigms.base import Turn
@@ -69,6 +69,33 @@ def test_static_step_equals_eager_step(kw):
             twin.length = T + k + 1
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(twin.k[..., :T + k + 1, :], cache.k[..., :T + k + 1, :])
+
+
+def left_padded(n_rows=3):
+    """A left-padded prompt batch -> (tokens, pos, prefix mask (b, 1, T, T))."""
+    from unimm.paradigms.base import format_turn
+    batch = collate([format_turn(V, t, with_target=False) for t in prompts(n_rows)], V.pad,
+                    left=True)
+    T = batch.tokens.shape[1]
+    mask = batch.valid[:, None, None, :] & torch.ones(T, T, dtype=torch.bool).tril()
+    return batch.tokens, batch.pos, mask | torch.eye(T, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
+                                {"code_mlp": 24}])
+def test_static_fill_equals_the_eager_prompt_fill(kw):
+    """The prompt fill written for the compiler (static_fill) gives the eager fill's last hidden
+    state and every token's keys / values."""
+    m = model(**kw)
+    tokens, pos, mask = left_padded()
+    T = tokens.shape[1]
+    with torch.no_grad():
+        cache = m.new_cache(3, T + 4)
+        want = m.hidden(tokens, pos, mask, cache=cache, last=True)
+        got, k, v = static_fill(m, m.embed_tokens(tokens, pos), pos, mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, cache.k[..., :T, :], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v, cache.v[..., :T, :], atol=1e-5, rtol=1e-5)
 
 
 def test_autocast_caches_hold_the_keys_and_values_exactly():
@@ -165,6 +192,47 @@ def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
             m.compile_decode(backend="tvm")
     assert torch.equal(got_img, want_img) and torch.equal(got_one, want_one)
     assert got_txt == want_txt
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
+    """With compiled decoding, prompt fills (from slot 0, last token out) run through one
+    AOTInductor library for any rows x tokens, masked or causal, and leave the cache the eager
+    fill leaves; other forwards (a later start, every token out, gradients, bad positions)
+    stay eager or fail as they did."""
+    m = model(n_kv_heads=2)
+    tokens, pos, mask = left_padded()
+    T = tokens.shape[1]
+    with torch.inference_mode():
+        want, cache_a = [], []
+        for toks, p, mk in ((tokens, pos, mask), (tokens[:1, -3:], pos[:1, -3:], None)):
+            c = m.new_cache(toks.shape[0], T + 4)
+            want.append(m.hidden(toks, p, mk, cache=c, last=True))
+            cache_a.append(c)
+        m.compile_decode()
+        step = m.__dict__["_decode"]
+        for (toks, p, mk), w, a in zip(((tokens, pos, mask), (tokens[:1, -3:], pos[:1, -3:],
+                                                               None)), want, cache_a):
+            b = m.new_cache(toks.shape[0], T + 4)
+            got = m.hidden(toks, p, mk, cache=b, last=True)
+            torch.testing.assert_close(got, w, atol=1e-5, rtol=1e-5)
+            assert b.length == a.length == toks.shape[1]
+            torch.testing.assert_close(b.k, a.k, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(b.v, a.v, atol=1e-5, rtol=1e-5)
+        assert len(step._fills) == 1 and step.fill_failed is None
+        calls = []
+        monkeypatch.setattr(step, "fill", lambda *a: calls.append(1))
+        m.hidden(tokens, pos, mask, cache=m.new_cache(3, T + 4))          # every token out
+        c = m.new_cache(3, T + 4)
+        c.length = 1
+        m.hidden(tokens[:, 1:], pos[:, 1:], mask[..., 1:, :], cache=c, start=1, last=True)
+        assert calls == []
+        with pytest.raises(ValueError, match="positions must lie in"):
+            m.hidden(tokens, pos + 200, mask, cache=m.new_cache(3, T + 4), last=True)
+    with torch.enable_grad():
+        m.hidden(tokens, pos, mask, cache=m.new_cache(3, T + 4), last=True)
+    assert calls == []
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -274,8 +342,9 @@ def test_sampler_caches_hand_their_memory_to_the_next_call():
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_libraries_are_kept_on_disk_per_weights(tmp_path, monkeypatch):
-    """A second process (here: a fresh DecodeStep) loads the library from disk instead of
-    compiling it again; other weights are compiled anew."""
+    """A second process (here: a fresh DecodeStep) loads the libraries (the step's and the
+    prompt fill's) from disk instead of compiling them again; other weights are compiled
+    anew."""
     monkeypatch.setenv("UNIMM_CACHE_DIR", str(tmp_path))
     m = model(seed=3)
     par = Autoregressive(V)
@@ -287,16 +356,17 @@ def test_compiled_libraries_are_kept_on_disk_per_weights(tmp_path, monkeypatch):
         want = par.generate_images(m, ts, 2.0, GREEDY)
         m.compile_decode()
         assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-        assert calls == [1] and len(list((tmp_path / "decode").glob("*.pt2"))) == 1
+        assert len(m.__dict__["_decode"]._fills) == 1    # the prompt fill's library too
+        assert calls == [1, 1] and len(list((tmp_path / "decode").glob("*.pt2"))) == 2
         m.compile_decode()                             # a fresh step: from disk
         assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-        assert calls == [1]
+        assert calls == [1, 1]
         m.head.weight.add_(0.5)                        # other weights: compiled again
         m.compile_decode(False)
         want2 = par.generate_images(m, ts, 2.0, GREEDY)
         m.compile_decode()
         assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want2)
-        assert calls == [1, 1] and len(list((tmp_path / "decode").glob("*.pt2"))) == 2
+        assert calls == [1] * 4 and len(list((tmp_path / "decode").glob("*.pt2"))) == 4
         assert not list((tmp_path / "decode").glob("*.tmp"))
 
 

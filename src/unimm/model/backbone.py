@@ -143,6 +143,13 @@ class Backbone(nn.Module):
         self._check_inputs(x, pos, cache, start)
         s = start + t
         attn_mask, is_causal = self._attn_mask(mask, b, t, s, x.device)
+        fill = self.__dict__.get("_fill")    # compiled prompt fills (TokenModel.compile_decode)
+        if (fill is not None and cache is not None and start == 0 and last and t > 1
+                and not self.training and not torch.is_grad_enabled()):
+            self.rotary.check(pos)
+            h = fill.fill(x, pos, attn_mask, cache)
+            if h is not None:
+                return h
         rope = self.rotary.forward(pos)  # cos, sin: (b, 1, t, p), shared by all layers
         n = len(self.blocks)
         for layer, block in enumerate(self.blocks):

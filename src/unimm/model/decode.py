@@ -118,6 +118,44 @@ def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
     return logits, torch.stack(keys), torch.stack(values)
 
 
+def static_fill(model, x: Tensor, pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A prompt fill (`Backbone.forward(x, pos, mask, cache, start=0, last=True)`) written for
+    AOTInductor, with the cache left out of the graph: x (b, t, d) input embeddings, pos
+    (b, t, 3), mask Bool (b, 1, t, t) "may attend". Returns the last token's final hidden
+    state (b, 1, d) and every token's keys and values (l, b, g, t, e), which `DecodeStep.fill`
+    writes into the cache. The same operations as the eager blocks (the last block computes
+    its attention output and MLP for the last token only), so inductor can fuse rotary, the
+    norms and the residual additions around oneDNN's GEMMs."""
+    bb = model.backbone
+    cfg = bb.cfg
+    b, t, _ = x.shape
+    h, g, e = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    cos, sin = bb.rotary.forward(pos)                                       # (b, 1, t, p)
+    keys, values = [], []
+    n = len(bb.blocks)
+    for layer, blk in enumerate(bb.blocks):
+        at = blk.attn
+        qkv = F.linear(blk.attn_norm.forward(x), at.qkv.weight)
+        qkv = qkv.view(b, t, h + 2 * g, e).transpose(1, 2)                # (b, h+2g, t, e)
+        if at.qk_norm:
+            q, k = at.q_norm.forward(qkv[:, :h]), at.k_norm.forward(qkv[:, h:h + g])
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        else:
+            q, k = apply_rotary(qkv[:, :h + g], cos, sin).split([h, g], dim=1)
+        v = qkv[:, h + g:]                                                  # (b, g, t, e)
+        keys.append(k)
+        values.append(v)
+        if g != h:                                                          # grouped heads
+            k, v = k.repeat_interleave(h // g, dim=1), v.repeat_interleave(h // g, dim=1)
+        m = mask
+        if layer == n - 1:              # the last block: the last query only (as `last`)
+            q, m, x = q[:, :, -1:], mask[..., -1:, :], x[:, -1:]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=m)          # (b, h, t', e)
+        x = x + F.linear(y.transpose(1, 2).reshape(b, -1, h * e), at.proj.weight)
+        x = x + blk.mlp.forward(blk.mlp_norm.forward(x))
+    return bb.norm.forward(x), torch.stack(keys), torch.stack(values)
+
+
 def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
 
@@ -142,6 +180,17 @@ class _Step(torch.nn.Module):
 
     def forward(self, tok, pos, bias, k_cache, v_cache):
         return static_step(self.model, tok, pos, bias, k_cache, v_cache, self.lo, self.hi)
+
+
+class _Fill(torch.nn.Module):
+    """static_fill as a module for torch.export."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, pos, mask):
+        return static_fill(self.model, x, pos, mask)
 
 
 BACKENDS = ("aoti", "inductor")
@@ -207,6 +256,8 @@ class DecodeStep:
         self.failed = None       # why compiling failed (then every step runs eagerly)
         self.aoti_failed = None  # why AOTInductor failed (then torch.compile is used)
         self._aoti = {}          # shape key -> loaded AOTInductor runner
+        self._fills = {}         # (dtype, device) -> loaded AOTInductor prompt-fill runner
+        self.fill_failed = None  # why compiling the prompt fill failed (then fills run eagerly)
         self._dir = None         # where the compiled libraries live (removed with this object)
         # freezing: weights become constants of the graph (prepacked for oneDNN on CPU), so
         # the compiled step is for inference only and is stale once the weights change
@@ -269,6 +320,62 @@ class DecodeStep:
             del model, program
             self._aoti[key] = run = _direct(run)
         return run
+
+    def fill(self, x: Tensor, pos: Tensor, mask: Tensor | None, cache: KVCache) -> Tensor | None:
+        """A prompt fill through an AOTInductor library (`static_fill`): what
+        `Backbone.forward(x, pos, mask, cache, start=0, last=True)` computes, with the keys and
+        values written into cache slots [0, t); the last token's hidden state (b, 1, d). None
+        where it does not apply (another compiler, autocast, not float32 on a CPU, more than
+        LARGE rows, one token) or compiling failed: the caller then fills eagerly. One library
+        per (dtype, device): rows and tokens are dynamic. `mask`: Bool (b|1, 1, t, t), or None
+        for causal. Janus-compatible default shape, 1 thread: a batch-16 answer fill (16 x 81
+        tokens) 88-97 -> 80-84 ms, a batch-1 one 9.0 -> 6.3 ms (same cache within 1e-6)."""
+        b, t, _ = x.shape
+        if (self.backend != "aoti" or self.fill_failed is not None or t < 2 or b > LARGE
+                or x.device.type != "cpu" or x.dtype != torch.float32
+                or cache.k.dtype != x.dtype or autocast_dtype("cpu") is not None
+                or next(self.model.parameters()).dtype != x.dtype):
+            return None
+        if mask is None:
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()[None, None]
+        mask = mask.expand(b, 1, t, t).contiguous()
+        key = (x.dtype, str(x.device))
+        try:
+            run = self._fills.get(key)
+            if run is None:
+                run = self._fills[key] = self._fill_library(x, pos, mask)
+            h, k, v = run(x.contiguous(), pos.contiguous(), mask)
+        except Exception as err:   # an older torch, an unsupported op, ...: eager fills
+            self.fill_failed = _reason(err)
+            warnings.warn(f"compiled prompt fills unavailable, filling eagerly "
+                          f"({self.fill_failed})")
+            return None
+        cache.flush()
+        cache.window = None
+        cache.k[:, :, :, :t] = k
+        cache.v[:, :, :, :t] = v
+        cache.length = t
+        return h
+
+    def _fill_library(self, x: Tensor, pos: Tensor, mask: Tensor):
+        """The AOTInductor library of `static_fill` for x's dtype and device: rows 1 to LARGE
+        and tokens 2 to max_seq_len dynamic (traced at 3 rows x 37 tokens), oneDNN's GEMMs
+        on prepacked weights; from the on-disk cache when it is there."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="unimm-decode-")
+        path = Path(self._dir.name) / f"fill{len(self._fills)}.pt2"
+        rows = torch.export.Dim("rows", min=1, max=LARGE)
+        tokens = torch.export.Dim("tokens", min=2, max=self.model.cfg.max_seq_len)
+        re, te = 3, 37
+        example = (x.new_zeros(re, te, x.shape[2]), pos.new_zeros(re, te, 3),
+                   mask.new_ones(re, 1, te, te).tril())
+        dynamic = ({0: rows, 1: tokens}, {0: rows, 1: tokens}, {0: rows, 2: tokens, 3: tokens})
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(_Fill(self.model), example, strict=False,
+                                          dynamic_shapes=dynamic)
+            run = self._load_or_compile(program, {"freezing": True}, path, x.device)
+        return _direct(run)
 
     @staticmethod
     def _load_or_compile(program, options: dict, path: Path, device: torch.device):

@@ -76,17 +76,21 @@ class Rotary(nn.Module):
         angles = torch.outer(n, inv_freq)  # (n, p)
         return angles.cos().float(), angles.sin().float()
 
-    def forward(self, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """pos: Long (b, t, 3) -> cos, sin: float32 (b, 1, t, p)."""
-        if self.cos.dtype != torch.float32:  # `model.to(bf16)` cast the tables: rebuild them
-            self.cos, self.sin = self._tables(self.cos.device)
-        # on accelerators, indexing asserts on the device instead; a compiled graph skips the
-        # check (reading the values would break the graph in two)
+    def check(self, pos: Tensor) -> None:
+        """A clear error for positions outside the tables, on a CPU (on accelerators,
+        indexing asserts on the device instead; a compiled graph skips the check: reading the
+        values would break the graph in two)."""
         if pos.device.type == "cpu" and not torch.compiler.is_compiling():
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= self.max_seq_len:
                 raise ValueError(f"positions must lie in [0, max_seq_len={self.max_seq_len}), "
                                  f"got [{lo}, {hi}]")
+
+    def forward(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """pos: Long (b, t, 3) -> cos, sin: float32 (b, 1, t, p)."""
+        if self.cos.dtype != torch.float32:  # `model.to(bf16)` cast the tables: rebuild them
+            self.cos, self.sin = self._tables(self.cos.device)
+        self.check(pos)
         coord = pos[..., self.axis]  # (b, t, p): the coordinate that rotates each pair
         cos = self.cos[coord, self.pair]  # (b, t, p)
         sin = self.sin[coord, self.pair]

@@ -187,9 +187,16 @@ class TokenModel(nn.Module):
         step of each new shape pays the compile), or eagerly again (on=False).
         backend: "aoti" (AOTInductor, no per-call guards; per vocabulary slice one library
         for up to 8 rows and one for 9 to 256, any cache capacity) or "inductor"
-        (torch.compile, one graph per rows x cache capacity)."""
+        (torch.compile, one graph per rows x cache capacity). With "aoti", the prompt fills
+        before decoding (the backbone over a prompt from cache slot 0, last token out) run
+        through a compiled library as well (`DecodeStep.fill`: float32 on a CPU; one library,
+        rows and tokens dynamic)."""
         from unimm.model.decode import DecodeStep
-        self.__dict__["_decode"] = DecodeStep(self, backend) if on else None
+        step = DecodeStep(self, backend) if on else None
+        self.__dict__["_decode"] = step
+        # prompt fills before decoding (start 0, last token only) through a compiled library
+        # too (AOTInductor only; DecodeStep.fill says where it applies)
+        self.backbone.__dict__["_fill"] = step
 
     def decode_logits(self, tok: Tensor, pos: Tensor, slots: Tensor, cache, start: int,
                       lo: int, hi: int) -> Tensor:
