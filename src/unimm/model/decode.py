@@ -199,6 +199,13 @@ BACKENDS = ("aoti", "inductor")
 SMALL = 8    # row counts up to this share one library (dynamic rows, autotuned GEMMs) ...
 LARGE = 256  # ... and row counts above it up to this another (dynamic rows, oneDNN GEMMs)
 WINDOW = 16  # AOTInductor steps read the cache's first slots in multiples of this many
+# The prompt fill's library: weights frozen (prepacked for oneDNN on CPU) and its buffers
+# (intermediates and outputs) planned into one pool allocated per call. Without the pool, its
+# many intermediates, all freed at the end of a call, took the heap above glibc's trim
+# threshold: ~6,900 page faults per batch-16 Janus-size answer fill, which ate its gain over
+# the eager fill (87.8 vs 89.1 ms inside the job); with it, ~0 faults and 74.5-76.3 vs
+# 82.9-86.9 ms (one process, the fill toggled per job, 8 jobs each, three runs).
+FILL_OPTIONS = {"freezing": True, "memory_planning": True, "memory_pool": "combined"}
 
 
 def aoti_options(device: torch.device, small: bool) -> dict:
@@ -328,8 +335,9 @@ class DecodeStep:
         where it does not apply (another compiler, autocast, not float32 on a CPU, more than
         LARGE rows, one token) or compiling failed: the caller then fills eagerly. One library
         per (dtype, device): rows and tokens are dynamic. `mask`: Bool (b|1, 1, t, t), or None
-        for causal. Janus-compatible default shape, 1 thread: a batch-16 answer fill (16 x 81
-        tokens) 88-97 -> 80-84 ms, a batch-1 one 9.0 -> 6.3 ms (same cache within 1e-6)."""
+        for causal. Janus-compatible default shape, 1 thread: a batch-1 answer fill (81 tokens)
+        9.0 -> 6.3 ms, a batch-16 one inside the answer job 86-87 -> 75-76 ms (same cache
+        within 1e-6; see FILL_OPTIONS)."""
         b, t, _ = x.shape
         if (self.backend != "aoti" or self.fill_failed is not None or t < 2 or b > LARGE
                 or x.device.type != "cpu" or x.dtype != torch.float32
@@ -360,7 +368,8 @@ class DecodeStep:
     def _fill_library(self, x: Tensor, pos: Tensor, mask: Tensor):
         """The AOTInductor library of `static_fill` for x's dtype and device: rows 1 to LARGE
         and tokens 2 to max_seq_len dynamic (traced at 3 rows x 37 tokens), oneDNN's GEMMs
-        on prepacked weights; from the on-disk cache when it is there."""
+        on prepacked weights, buffers from one pool per call (FILL_OPTIONS); from the on-disk
+        cache when it is there."""
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="unimm-decode-")
         path = Path(self._dir.name) / f"fill{len(self._fills)}.pt2"
@@ -374,7 +383,7 @@ class DecodeStep:
             warnings.simplefilter("ignore")
             program = torch.export.export(_Fill(self.model), example, strict=False,
                                           dynamic_shapes=dynamic)
-            run = self._load_or_compile(program, {"freezing": True}, path, x.device)
+            run = self._load_or_compile(program, FILL_OPTIONS, path, x.device)
         return _direct(run)
 
     @staticmethod
