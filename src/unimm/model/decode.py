@@ -375,7 +375,7 @@ class DecodeStep:
         path = Path(self._dir.name) / f"fill{len(self._fills)}.pt2"
         rows = torch.export.Dim("rows", min=1, max=LARGE)
         tokens = torch.export.Dim("tokens", min=2, max=self.model.cfg.max_seq_len)
-        re, te = 3, 37
+        re, te = 3, min(37, self.model.cfg.max_seq_len)   # sizes no other dimension has
         example = (x.new_zeros(re, te, x.shape[2]), pos.new_zeros(re, te, 3),
                    mask.new_ones(re, 1, te, te).tril())
         dynamic = ({0: rows, 1: tokens}, {0: rows, 1: tokens}, {0: rows, 2: tokens, 3: tokens})
