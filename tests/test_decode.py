@@ -200,8 +200,8 @@ def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
     """With compiled decoding, prompt fills (from slot 0, last token out) run through one
     AOTInductor library for any rows x tokens, masked or causal, and leave the cache the eager
     fill leaves; other forwards (a later start, every token out, gradients, bad positions)
-    stay eager or fail as they did."""
-    m = model(n_kv_heads=2)
+    stay eager or fail as they did. (A short context: the library is traced at fewer tokens.)"""
+    m = model(n_kv_heads=2, max_seq_len=24)
     tokens, pos, mask = left_padded()
     T = tokens.shape[1]
     with torch.inference_mode():
@@ -229,7 +229,7 @@ def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
         m.hidden(tokens[:, 1:], pos[:, 1:], mask[..., 1:, :], cache=c, start=1, last=True)
         assert calls == []
         with pytest.raises(ValueError, match="positions must lie in"):
-            m.hidden(tokens, pos + 200, mask, cache=m.new_cache(3, T + 4), last=True)
+            m.hidden(tokens, pos + 30, mask, cache=m.new_cache(3, T + 4), last=True)
     with torch.enable_grad():
         m.hidden(tokens, pos, mask, cache=m.new_cache(3, T + 4), last=True)
     assert calls == []

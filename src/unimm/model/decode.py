@@ -309,7 +309,8 @@ class DecodeStep:
             rows = (torch.export.Dim("rows", min=1, max=SMALL) if small
                     else torch.export.Dim("rows", min=SMALL + 1, max=LARGE))
             re = 2 if small else 24       # traced with 2 or 24 rows (1 would be specialised)
-            me = 40                       # and 40 slots: sizes no other dimension has
+            me = min(40, self.model.cfg.max_seq_len + WINDOW)   # and 40 slots (at most the
+            #                               largest window): sizes no other dimension has
             l, _, g, _, e = k_cache.shape
             example = (tok[:1].expand(re, -1).contiguous(),
                        pos[:1].expand(re, -1, -1).contiguous(),
