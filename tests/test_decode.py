@@ -245,12 +245,14 @@ def test_without_aotinductor_decoding_falls_back_to_torch_compile(monkeypatch):
     m = model()
     par = Autoregressive(V)
     ts = prompts(2)
-    with torch.inference_mode(), pytest.warns(UserWarning, match="using torch.compile"):
+    with torch.inference_mode(), pytest.warns(UserWarning, match="using torch.compile"), \
+            pytest.warns(UserWarning, match="compiled prompt fills unavailable, filling eagerly"):
         want = par.generate_images(m, ts, 2.0, GREEDY)
         m.compile_decode()
         got = par.generate_images(m, ts, 2.0, GREEDY)
     step = m.__dict__["_decode"]
     assert "no AOTInductor" in step.aoti_failed and step.backend == "inductor"
+    assert "no AOTInductor" in step.fill_failed                 # its fills ran eagerly too
     assert step.failed is None and torch.equal(got, want)
 
 
