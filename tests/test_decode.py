@@ -36,15 +36,22 @@ def prompts(n, seed=0):
             for _ in range(n)]
 
 
-def prefilled(m, n_rows=3, dtype=None):
-    """A left-padded prefix written into a cache -> (cache, valid, T)."""
+def left_padded(n_rows=3):
+    """A left-padded prompt batch and its prefix mask (b, 1, T, T)."""
     from unimm.paradigms.base import format_turn
     batch = collate([format_turn(V, t, with_target=False) for t in prompts(n_rows)], V.pad,
                     left=True)
     T = batch.tokens.shape[1]
-    cache = m.new_cache(n_rows, T + 8, dtype=dtype)
     mask = batch.valid[:, None, None, :] & torch.ones(T, T, dtype=torch.bool).tril()
-    m.hidden(batch.tokens, batch.pos, mask | torch.eye(T, dtype=torch.bool), cache=cache)
+    return batch, mask | torch.eye(T, dtype=torch.bool)
+
+
+def prefilled(m, n_rows=3, dtype=None):
+    """A left-padded prefix written into a cache -> (cache, valid, T)."""
+    batch, mask = left_padded(n_rows)
+    T = batch.tokens.shape[1]
+    cache = m.new_cache(n_rows, T + 8, dtype=dtype)
+    m.hidden(batch.tokens, batch.pos, mask, cache=cache)
     return cache, batch.valid, T
 
 
@@ -71,23 +78,14 @@ def test_static_step_equals_eager_step(kw):
             torch.testing.assert_close(twin.k[..., :T + k + 1, :], cache.k[..., :T + k + 1, :])
 
 
-def left_padded(n_rows=3):
-    """A left-padded prompt batch -> (tokens, pos, prefix mask (b, 1, T, T))."""
-    from unimm.paradigms.base import format_turn
-    batch = collate([format_turn(V, t, with_target=False) for t in prompts(n_rows)], V.pad,
-                    left=True)
-    T = batch.tokens.shape[1]
-    mask = batch.valid[:, None, None, :] & torch.ones(T, T, dtype=torch.bool).tril()
-    return batch.tokens, batch.pos, mask | torch.eye(T, dtype=torch.bool)
-
-
 @pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
                                 {"code_mlp": 24}])
 def test_static_fill_equals_the_eager_prompt_fill(kw):
     """The prompt fill written for the compiler (static_fill) gives the eager fill's last hidden
     state and every token's keys / values."""
     m = model(**kw)
-    tokens, pos, mask = left_padded()
+    batch, mask = left_padded()
+    tokens, pos = batch.tokens, batch.pos
     T = tokens.shape[1]
     with torch.no_grad():
         cache = m.new_cache(3, T + 4)
@@ -202,7 +200,8 @@ def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
     fill leaves; other forwards (a later start, every token out, gradients, bad positions)
     stay eager or fail as they did. (A short context: the library is traced at fewer tokens.)"""
     m = model(n_kv_heads=2, max_seq_len=24)
-    tokens, pos, mask = left_padded()
+    batch, mask = left_padded()
+    tokens, pos = batch.tokens, batch.pos
     T = tokens.shape[1]
     with torch.inference_mode():
         want, cache_a = [], []

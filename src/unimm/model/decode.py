@@ -72,6 +72,23 @@ def step_bias(slots: Tensor, start: int, dtype: torch.dtype) -> Tensor:
     return bias
 
 
+def _heads(blk, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A block's queries (b, h, t, e), keys and values (b, g, t, e) for its input x (b, t, d):
+    the attention norm, the fused QKV projection, QK-norm and rotary, as `Attention.forward`
+    computes them (written with F.linear for the compiled steps and fills)."""
+    at = blk.attn
+    b, t, _ = x.shape
+    h, g, e = at.n_heads, at.n_kv_heads, at.head_dim
+    qkv = F.linear(blk.attn_norm.forward(x), at.qkv.weight)
+    qkv = qkv.view(b, t, h + 2 * g, e).transpose(1, 2)                     # (b, h+2g, t, e)
+    if at.qk_norm:
+        q, k = at.q_norm.forward(qkv[:, :h]), at.k_norm.forward(qkv[:, h:h + g])
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    else:
+        q, k = apply_rotary(qkv[:, :h + g], cos, sin).split([h, g], dim=1)
+    return q, k, qkv[:, h + g:]
+
+
 def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
                 v_cache: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
     """One new token per row against a read-only cache.
@@ -95,14 +112,7 @@ def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
     keys, values = [], []
     for layer, blk in enumerate(bb.blocks):
         at = blk.attn
-        qkv = F.linear(blk.attn_norm.forward(x), at.qkv.weight)
-        qkv = qkv.view(r, 1, h + 2 * g, e).transpose(1, 2)                 # (r, h+2g, 1, e)
-        if at.qk_norm:
-            q, k = at.q_norm.forward(qkv[:, :h]), at.k_norm.forward(qkv[:, h:h + g])
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        else:
-            q, k = apply_rotary(qkv[:, :h + g], cos, sin).split([h, g], dim=1)
-        v = qkv[:, h + g:]                                                  # (r, g, 1, e)
+        q, k, v = _heads(blk, x, cos, sin)                                  # (r, h|g, 1, e)
         keys.append(k)
         values.append(v)
         q = q.view(r, g, h // g, e)                                         # grouped heads
@@ -135,14 +145,7 @@ def static_fill(model, x: Tensor, pos: Tensor, mask: Tensor) -> tuple[Tensor, Te
     n = len(bb.blocks)
     for layer, blk in enumerate(bb.blocks):
         at = blk.attn
-        qkv = F.linear(blk.attn_norm.forward(x), at.qkv.weight)
-        qkv = qkv.view(b, t, h + 2 * g, e).transpose(1, 2)                # (b, h+2g, t, e)
-        if at.qk_norm:
-            q, k = at.q_norm.forward(qkv[:, :h]), at.k_norm.forward(qkv[:, h:h + g])
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        else:
-            q, k = apply_rotary(qkv[:, :h + g], cos, sin).split([h, g], dim=1)
-        v = qkv[:, h + g:]                                                  # (b, g, t, e)
+        q, k, v = _heads(blk, x, cos, sin)                                  # (b, h|g, t, e)
         keys.append(k)
         values.append(v)
         if g != h:                                                          # grouped heads
@@ -302,9 +305,6 @@ class DecodeStep:
         key = (small, lo, hi, k_cache.dtype, bias.dtype, str(tok.device))
         run = self._aoti.get(key)
         if run is None:
-            if self._dir is None:
-                self._dir = tempfile.TemporaryDirectory(prefix="unimm-decode-")
-            path = Path(self._dir.name) / f"step{len(self._aoti)}.pt2"
             m = torch.export.Dim("slots", min=2, max=self.model.cfg.max_seq_len + WINDOW)
             rows = (torch.export.Dim("rows", min=1, max=SMALL) if small
                     else torch.export.Dim("rows", min=SMALL + 1, max=LARGE))
@@ -318,15 +318,10 @@ class DecodeStep:
                        k_cache.new_zeros(l, re, g, me, e), v_cache.new_zeros(l, re, g, me, e))
             dynamic = ({0: rows}, {0: rows}, {0: rows, 1: m}, {1: rows, 3: m},
                        {1: rows, 3: m})
-            options = aoti_options(tok.device, small)
             model = self.model if low is None else self._lowered(low)
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.export.export(_Step(model, lo, hi), example, strict=False,
-                                              dynamic_shapes=dynamic)
-                run = self._load_or_compile(program, options, path, tok.device)
-            del model, program
-            self._aoti[key] = run = _direct(run)
+            self._aoti[key] = run = self._build(_Step(model, lo, hi), example, dynamic,
+                                                aoti_options(tok.device, small),
+                                                f"step{len(self._aoti)}", tok.device)
         return run
 
     def fill(self, x: Tensor, pos: Tensor, mask: Tensor | None, cache: KVCache) -> Tensor | None:
@@ -371,21 +366,28 @@ class DecodeStep:
         and tokens 2 to max_seq_len dynamic (traced at 3 rows x 37 tokens), oneDNN's GEMMs
         on prepacked weights, buffers from one pool per call (FILL_OPTIONS); from the on-disk
         cache when it is there."""
-        if self._dir is None:
-            self._dir = tempfile.TemporaryDirectory(prefix="unimm-decode-")
-        path = Path(self._dir.name) / f"fill{len(self._fills)}.pt2"
         rows = torch.export.Dim("rows", min=1, max=LARGE)
         tokens = torch.export.Dim("tokens", min=2, max=self.model.cfg.max_seq_len)
         re, te = 3, min(37, self.model.cfg.max_seq_len)   # sizes no other dimension has
         example = (x.new_zeros(re, te, x.shape[2]), pos.new_zeros(re, te, 3),
                    mask.new_ones(re, 1, te, te).tril())
         dynamic = ({0: rows, 1: tokens}, {0: rows, 1: tokens}, {0: rows, 2: tokens, 3: tokens})
+        return self._build(_Fill(self.model), example, dynamic, FILL_OPTIONS,
+                           f"fill{len(self._fills)}", x.device)
+
+    def _build(self, module, example: tuple, dynamic: tuple, options: dict, name: str,
+               device: torch.device):
+        """`module` exported at `example` with these dynamic shapes and compiled by
+        AOTInductor with `options` (or loaded from the on-disk cache, `_load_or_compile`) into
+        this step's temporary directory as `name`.pt2; returned as a plain function
+        (`_direct`)."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="unimm-decode-")
+        path = Path(self._dir.name) / f"{name}.pt2"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(_Fill(self.model), example, strict=False,
-                                          dynamic_shapes=dynamic)
-            run = self._load_or_compile(program, FILL_OPTIONS, path, x.device)
-        return _direct(run)
+            program = torch.export.export(module, example, strict=False, dynamic_shapes=dynamic)
+            return _direct(self._load_or_compile(program, options, path, device))
 
     @staticmethod
     def _load_or_compile(program, options: dict, path: Path, device: torch.device):

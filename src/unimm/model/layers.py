@@ -51,7 +51,7 @@ _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5
 # default shapes (K 192-512, N 192-1024), 1 thread of the 2-core dev CPU: 106-113 GFLOP/s
 # against 94-102 for F.linear (MKL) at 448-1296 rows; at 16 rows it was slower (55 vs 68).
 PACKED_MIN_ROWS = 256
-_packed: dict[tuple, tuple] = {}   # (id(weight), rows) -> (weakref, (version, ptr), packed)
+_packed: dict[tuple, tuple] = {}   # (id(weight), lo, hi) -> (weakref, (version, ptr), packed)
 _packing = {"ok": torch.backends.mkldnn.is_available()}
 
 
@@ -83,7 +83,7 @@ def plain_linear():
 def _packed_rows(x: Tensor, w: Tensor, lo: int, hi: int) -> Tensor | None:
     """oneDNN's packed copy of the weight rows w[lo:hi], for `x` @ them, when the packed path
     applies (no autograd, a CPU, float32, at least PACKED_MIN_ROWS rows, autocast off, not
-    traced by a compiler); else None. Kept per (weight, rows) and packed again after any
+    traced by a compiler); else None. Kept per (weight, lo, hi) and packed again after any
     in-place change to the weight, e.g. an optimizer step or a load."""
     if (not _packing["ok"] or torch.compiler.is_compiling() or torch.is_grad_enabled()
             or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
