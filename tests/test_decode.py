@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from unimm.model.backbone import BackboneConfig
-from unimm.model.decode import static_fill, static_step, step_bias
+from unimm.model import kernels
+from unimm.model.decode import static_fill, static_step, step_attention, step_bias
 from unimm.model.unified import TokenModel
 from unimm.paradigms.ar import Autoregressive
 from unimm.paradigms.base import Turn
@@ -55,9 +56,17 @@ def prefilled(m, n_rows=3, dtype=None):
     return cache, batch.valid, T
 
 
+COMPILER = shutil.which("g++") or shutil.which("c++")
+
+
+@pytest.mark.parametrize("native", [False, True])
 @pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
                                 {"code_mlp": 24}])
-def test_static_step_equals_eager_step(kw):
+def test_static_step_equals_eager_step(kw, native):
+    """The written-out step (its attention written out, or the native CPU kernel's) gives the
+    eager step's logits and keys / values."""
+    if native and not COMPILER:
+        pytest.skip("the native kernel needs a C++ compiler")
     m = model(**kw)
     lo, hi = V.code_start, V.size
     with torch.no_grad():
@@ -70,12 +79,67 @@ def test_static_step_equals_eager_step(kw):
             want = m.decode_logits(tok, pos, slots, cache, T + k, lo, hi)        # eager (SDPA)
             idx = torch.tensor([T + k])
             got, nk, nv = static_step(m, tok, pos, step_bias(slots, T + k, torch.float32),
-                                      twin.k, twin.v, lo, hi)
+                                      twin.k, twin.v, lo, hi, native=native)
             twin.k.index_copy_(3, idx, nk)
             twin.v.index_copy_(3, idx, nv)
             twin.length = T + k + 1
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(twin.k[..., :T + k + 1, :], cache.k[..., :T + k + 1, :])
+
+
+@pytest.mark.skipif(not COMPILER, reason="the native kernel needs a C++ compiler")
+@pytest.mark.parametrize("e", [8, 16, 24, 32, 64])
+def test_native_decode_attention_equals_the_written_out_attention(e):
+    """unimm::decode_attention (model/csrc) against step_attention: head sizes below, at and
+    above the vector width and between its multiples, grouped queries, masked slots at both
+    ends, a row whose cached slots are all masked (only the new token), inputs that are not
+    contiguous; clear errors for other dtypes and mismatched shapes."""
+    op = kernels.decode_attention()
+    assert op is not None, kernels._state.get("failed")
+    torch.manual_seed(e)
+    r, g, n, m = 3, 2, 3, 21
+    q = torch.randn(r, g, n, e) * 2
+    kc, vc = torch.randn(2, r, g, m, e).unbind(0)
+    k, v = torch.randn(2, r, g, 1, e).unbind(0)
+    slots = torch.ones(r, m, dtype=torch.bool)
+    slots[0, :4] = False                        # left padding
+    slots[2] = False                            # nothing cached to attend to
+    bias = step_bias(slots, 17, torch.float32)  # and nothing from slot 17 on
+    want = step_attention(q, kc, vc, bias, k, v, e ** -0.5)
+    got = op(q, kc, vc, bias, k, v, e ** -0.5)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got[2], v[2].expand(g, n, e), atol=1e-6, rtol=1e-6)
+    wide = torch.randn(r, g, m, 2 * e)          # keys read through a strided view
+    torch.testing.assert_close(op(q, wide[..., :e], vc, bias, k, v, 0.3),
+                               step_attention(q, wide[..., :e], vc, bias, k, v, 0.3),
+                               atol=2e-6, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="float32 CPU tensors only"):
+        op(q.double(), kc, vc, bias, k, v, 0.3)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        op(q, kc[:, :, :5], vc, bias, k, v, 0.3)
+
+
+def test_steps_write_the_attention_out_where_the_native_kernel_does_not_build(monkeypatch):
+    """No compiler (or UNIMM_NATIVE_KERNELS=0): one warning that says why, then the step's
+    attention is the written-out one, with the same results."""
+    def no_compiler():
+        raise RuntimeError("Error building extension: c++ not found")
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setattr(kernels, "_build", no_compiler)
+    with pytest.warns(UserWarning, match="native decode attention unavailable.*c.. not found"):
+        assert kernels.decode_attention() is None
+    assert kernels.decode_attention() is None                # once: no second warning, no build
+    m = model()
+    with torch.no_grad():
+        cache, valid, T = prefilled(m)
+        args = (m, torch.tensor([[V.code_start]] * 3), torch.tensor([[[T, 0, 1]]] * 3),
+                step_bias(m.decode_slots(valid, cache), T, torch.float32), cache.k, cache.v,
+                V.code_start, V.size)
+        for want, got in zip(static_step(*args), static_step(*args, native=True)):
+            assert torch.equal(want, got)
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("UNIMM_NATIVE_KERNELS", "0")
+    assert kernels.decode_attention() is None
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
@@ -175,6 +239,7 @@ def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
             m.compile_decode(backend=backend)
             assert torch.equal(par.generate_images(m, many, 2.0, GREEDY), want_many)
             assert {k[0] for k in m.__dict__["_decode"]._aoti} == {False}
+            assert kernels.decode_attention() is not None    # with the native attention
         with pytest.raises(ValueError, match="filled slots"):
             cache = m.new_cache(1, 8)
             m.decode_logits(torch.tensor([[1]]), torch.zeros(1, 1, 3, dtype=torch.long),

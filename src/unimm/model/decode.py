@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unimm.model import kernels
 from unimm.model.cache import BufferPool, KVCache
 from unimm.model.layers import autocast_dtype
 from unimm.model.rotary import apply_rotary
@@ -70,6 +71,20 @@ def step_bias(slots: Tensor, start: int, dtype: torch.dtype) -> Tensor:
     bias.masked_fill_(~slots, float("-inf"))
     bias[:, start:] = float("-inf")
     return bias
+
+
+def step_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, bias: Tensor, k: Tensor,
+                   v: Tensor, scale: float) -> Tensor:
+    """A decoding step's attention, written out for the compiler: queries q (r, g, n, e) (n
+    per key/value head) against the cache's keys / values (r, g, m, e) under the additive mask
+    bias (r, m), and against the new token's own k, v (r, g, 1, e), which are not in the cache
+    yet. Returns (r, g, n, e). What the native CPU kernel `unimm::decode_attention` computes."""
+    kc, vc = k_cache.to(q.dtype), v_cache.to(q.dtype)
+    s_old = (q @ kc.transpose(-1, -2)) * scale + bias[:, None, None]        # (r, g, n, m)
+    s_new = (q * k).sum(-1, keepdim=True) * scale                           # (r, g, n, 1)
+    top = torch.maximum(s_old.amax(-1, keepdim=True), s_new)
+    p_old, p_new = (s_old - top).exp(), (s_new - top).exp()
+    return (p_old @ vc + p_new * v) / (p_old.sum(-1, keepdim=True) + p_new)
 
 
 def _heads(blk, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,7 +105,8 @@ def _heads(blk, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Te
 
 
 def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
-                v_cache: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
+                v_cache: Tensor, lo: int, hi: int,
+                native: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """One new token per row against a read-only cache.
 
     tok (r, 1) token ids, pos (r, 1, 3) positions, bias (r, m) the additive mask over the
@@ -98,7 +114,9 @@ def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
     compiler would recompute it inside every attention loop, 3-6 % of a step at 16-32 rows and
     48-112 slots), caches (l, r, g, m, e), [lo, hi) the vocabulary slice to score. Returns
     float32 logits (r, hi - lo) of the next token and the new token's keys / values
-    (l, r, g, 1, e)."""
+    (l, r, g, 1, e). `native`: the attention through the CPU kernel `unimm::decode_attention`
+    (model/kernels.py) where it applies (float32 on a CPU) and builds; else written out here
+    for the compiler."""
     bb = model.backbone
     cfg = bb.cfg
     r = tok.shape[0]
@@ -107,8 +125,11 @@ def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
     rot = bb.rotary
     coord = pos[..., rot.axis]
     cos, sin = rot.cos[coord, rot.pair].unsqueeze(1), rot.sin[coord, rot.pair].unsqueeze(1)
-    bias = bias[:, None, None, :]                                           # (r, 1, 1, m)
     scale = e ** -0.5
+    attend = step_attention
+    if native and k_cache.device.type == "cpu" and (
+            x.dtype == k_cache.dtype == bias.dtype == torch.float32):
+        attend = kernels.decode_attention() or step_attention
     keys, values = [], []
     for layer, blk in enumerate(bb.blocks):
         at = blk.attn
@@ -116,13 +137,8 @@ def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
         keys.append(k)
         values.append(v)
         q = q.view(r, g, h // g, e)                                         # grouped heads
-        kc, vc = k_cache[layer].to(q.dtype), v_cache[layer].to(q.dtype)     # (r, g, m, e)
-        s_old = (q @ kc.transpose(-1, -2)) * scale + bias                  # (r, g, h/g, m)
-        s_new = (q * k).sum(-1, keepdim=True) * scale                       # (r, g, h/g, 1)
-        top = torch.maximum(s_old.amax(-1, keepdim=True), s_new)
-        p_old, p_new = (s_old - top).exp(), (s_new - top).exp()
-        y = (p_old @ vc + p_new * v) / (p_old.sum(-1, keepdim=True) + p_new)  # (r, g, h/g, e)
-        x = x + F.linear(y.reshape(r, 1, h * e), at.proj.weight)
+        y = attend(q, k_cache[layer], v_cache[layer], bias, k, v, scale)
+        x = x + F.linear(y.reshape(r, 1, h * e), at.proj.weight)           # y (r, g, h/g, e)
         x = x + blk.mlp.forward(blk.mlp_norm.forward(x))
     logits = model.logits(bb.norm.forward(x)[:, -1], lo, hi).float()
     return logits, torch.stack(keys), torch.stack(values)
@@ -177,12 +193,13 @@ def _direct(package):
 class _Step(torch.nn.Module):
     """static_step with the vocabulary slice fixed, as a module for torch.export."""
 
-    def __init__(self, model, lo: int, hi: int):
+    def __init__(self, model, lo: int, hi: int, native: bool):
         super().__init__()
-        self.model, self.lo, self.hi = model, lo, hi
+        self.model, self.lo, self.hi, self.native = model, lo, hi, native
 
     def forward(self, tok, pos, bias, k_cache, v_cache):
-        return static_step(self.model, tok, pos, bias, k_cache, v_cache, self.lo, self.hi)
+        return static_step(self.model, tok, pos, bias, k_cache, v_cache, self.lo, self.hi,
+                           self.native)
 
 
 class _Fill(torch.nn.Module):
@@ -295,7 +312,10 @@ class DecodeStep:
         a 1-row library ran slower than this one does at 1 row) and one for SMALL + 1 to LARGE
         rows with oneDNN's GEMMs (kernels tuned at 2 rows lost to them at 32: 0.83 s against
         0.59 s per guided batch of 16; at 32 rows this library's step was as fast as one
-        compiled for exactly 32, 4.2 vs 4.4 ms). Rows and cache slots are dynamic in both:
+        compiled for exactly 32, 4.2 vs 4.4 ms), whose attention is the native CPU kernel
+        (`kernels.decode_attention`, where it builds: a Janus-size guided batch of 16, 337 ->
+        306 ms; the small library keeps inductor's, since calling an op from the library costs
+        more than it saves at 1-2 rows). Rows and cache slots are dynamic in both:
         steps read a window of the cache (`_window`). `low`: a lower precision to compute in
         (weights, activations and the new keys/values in it; see `__call__`)."""
         tok, pos, bias, k_cache, v_cache = args
@@ -319,7 +339,8 @@ class DecodeStep:
             dynamic = ({0: rows}, {0: rows}, {0: rows, 1: m}, {1: rows, 3: m},
                        {1: rows, 3: m})
             model = self.model if low is None else self._lowered(low)
-            self._aoti[key] = run = self._build(_Step(model, lo, hi), example, dynamic,
+            self._aoti[key] = run = self._build(_Step(model, lo, hi, native=not small),
+                                                example, dynamic,
                                                 aoti_options(tok.device, small),
                                                 f"step{len(self._aoti)}", tok.device)
         return run
