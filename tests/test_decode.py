@@ -142,6 +142,30 @@ def test_steps_write_the_attention_out_where_the_native_kernel_does_not_build(mo
     assert kernels.decode_attention() is None
 
 
+@pytest.mark.skipif(not COMPILER, reason="the native kernel needs a C++ compiler")
+def test_the_native_kernel_is_built_into_the_cache_past_a_killed_builds_lock(tmp_path):
+    """A fresh process builds the kernel into $UNIMM_CACHE_DIR/kernels/NAME; a lock left there
+    by a killed build (torch's builder would wait on it forever) is removed when it is stale."""
+    import os
+    import subprocess
+    import sys
+    import time
+    build = tmp_path / "kernels" / kernels.library_name()
+    build.mkdir(parents=True)
+    (build / "lock").touch()
+    old = time.time() - kernels.STALE_LOCK_S - 60
+    os.utime(build / "lock", (old, old))
+    code = ("import torch, warnings; warnings.simplefilter('error');"
+            "from unimm.model import kernels; op = kernels.decode_attention();"
+            "q = torch.ones(1, 1, 1, 8); kv = torch.ones(1, 1, 3, 8);"
+            "print(op(q, kv, kv, torch.zeros(1, 3), q, q, 0.5).sum().item())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "UNIMM_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "8.0"
+    assert list(build.glob("*.so")) and not (build / "lock").exists()
+
+
 @pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
                                 {"code_mlp": 24}])
 def test_static_fill_equals_the_eager_prompt_fill(kw):

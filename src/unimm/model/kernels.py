@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -47,25 +49,36 @@ def _flags() -> list[str]:
     return ["-O3", *ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
 
 
+def library_name() -> str:
+    """The kernel library's name: a digest of its source, torch's version and the flags."""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_text(), torch.__version__, " ".join(_flags())):
+        h.update(part.encode())
+    return f"unimm_kernels_{h.hexdigest()[:16]}"
+
+
+STALE_LOCK_S = 600   # a build lock older than this was left by a killed build
+
+
 def _build() -> object:
-    """Compile (or load from the cache) the kernel library and return its op."""
+    """Compile (or load from the cache) the kernel library and return its op. A lock left by
+    a build that was killed is removed (torch would wait on it forever), and a cached library
+    that does not load is built again once."""
     try:
         return torch.ops.unimm.decode_attention   # already loaded in this process
     except (AttributeError, RuntimeError):
         pass
     from torch.utils import cpp_extension
-    flags = _flags()
-    h = hashlib.sha256()
-    for part in (SOURCE.read_text(), torch.__version__, " ".join(flags)):
-        h.update(part.encode())
-    name = f"unimm_kernels_{h.hexdigest()[:16]}"
+    name = library_name()
     root = cache_root()
     if root is None:
         _state["tmp"] = tempfile.TemporaryDirectory(prefix="unimm-kernels-")
         build = Path(_state["tmp"].name)
     else:
         build = root / "kernels" / name
-    build.mkdir(parents=True, exist_ok=True)
+    lock = build / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
     path = os.environ.get("PATH", "")
     try:   # the ninja that the `ninja` package installs, also where its bin/ is not on PATH
         import ninja
@@ -73,11 +86,19 @@ def _build() -> object:
     except ImportError:
         pass
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags,
-                               build_directory=str(build), is_python_module=False,
-                               verbose=False, with_cuda=False)
+        for attempt in (0, 1):
+            build.mkdir(parents=True, exist_ok=True)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    cpp_extension.load(name, [str(SOURCE)], extra_cflags=_flags(),
+                                       build_directory=str(build), is_python_module=False,
+                                       verbose=False, with_cuda=False)
+                break
+            except Exception:
+                if attempt or root is None:
+                    raise
+                shutil.rmtree(build, ignore_errors=True)    # a damaged cache: build anew
     finally:
         os.environ["PATH"] = path
     return torch.ops.unimm.decode_attention
