@@ -143,15 +143,19 @@ def test_steps_write_the_attention_out_where_the_native_kernel_does_not_build(mo
 
 
 @pytest.mark.skipif(not COMPILER, reason="the native kernel needs a C++ compiler")
-def test_the_native_kernel_is_built_into_the_cache_past_a_killed_builds_lock(tmp_path):
-    """A fresh process builds the kernel into $UNIMM_CACHE_DIR/kernels/NAME; a lock left there
-    by a killed build (torch's builder would wait on it forever) is removed when it is stale."""
+def test_the_native_kernel_loads_from_the_cache_past_a_killed_builds_lock(tmp_path):
+    """A fresh process loads the kernel from $UNIMM_CACHE_DIR/kernels/NAME (here a copy of this
+    session's build); a lock left there by a killed build (torch's builder would wait on it
+    forever, even for a library that needs no rebuilding) is removed when it is stale."""
     import os
     import subprocess
     import sys
     import time
+    assert kernels.decode_attention() is not None, kernels._state.get("failed")
     build = tmp_path / "kernels" / kernels.library_name()
-    build.mkdir(parents=True)
+    shutil.copytree(kernels.cache_root() / "kernels" / kernels.library_name(), build)
+    (so,) = build.glob("*.so")
+    built = so.stat().st_mtime_ns
     (build / "lock").touch()
     old = time.time() - kernels.STALE_LOCK_S - 60
     os.utime(build / "lock", (old, old))
@@ -163,7 +167,7 @@ def test_the_native_kernel_is_built_into_the_cache_past_a_killed_builds_lock(tmp
                          timeout=300, env={**os.environ, "UNIMM_CACHE_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "8.0"
-    assert list(build.glob("*.so")) and not (build / "lock").exists()
+    assert so.stat().st_mtime_ns == built and not (build / "lock").exists()   # not rebuilt
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
