@@ -205,8 +205,7 @@ def test_autocast_caches_hold_the_keys_and_values_exactly():
     assert m.new_cache(1, 4).k.dtype == torch.float32             # autocast off again
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_decoding_under_autocast_runs_a_bf16_library():
     """eval.precision = "bf16" with compiled decoding: the step library is traced from a copy
     of the weights in bf16 (the model keeps its float32 weights) and computes what that copy
@@ -236,8 +235,7 @@ def test_compiled_decoding_under_autocast_runs_a_bf16_library():
     assert all(p.dtype == torch.float32 for p in m.parameters())
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
 @pytest.mark.parametrize("code_mlp,backend", [(24, "aoti"), (0, "inductor")])
 def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
     m = model(code_mlp=code_mlp)
@@ -285,8 +283,7 @@ def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
     assert got_txt == want_txt
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
     """With compiled decoding, prompt fills (from slot 0, last token out) run through one
     AOTInductor library for any rows x tokens, masked or causal, and leave the cache the eager
@@ -327,8 +324,7 @@ def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
     assert calls == []
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
 def test_without_aotinductor_decoding_falls_back_to_torch_compile(monkeypatch):
     def unavailable(*a, **k):
         raise RuntimeError("no AOTInductor in this torch")
@@ -348,8 +344,7 @@ def test_without_aotinductor_decoding_falls_back_to_torch_compile(monkeypatch):
     assert step.failed is None and torch.equal(got, want)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
 def test_aoti_steps_read_a_growing_window_and_see_eager_writes():
     """AOTInductor steps read a window of the cache's first slots that grows every WINDOW
     steps; each step equals the eager one across window boundaries, and an eager write into
@@ -433,8 +428,7 @@ def test_sampler_caches_hand_their_memory_to_the_next_call():
     assert m.new_cache(2, 8).pool is None              # a caller's own cache: plain memory
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_libraries_are_kept_on_disk_per_weights(tmp_path, monkeypatch):
     """A second process (here: a fresh DecodeStep) loads the libraries (the step's and the
     prompt fill's) from disk instead of compiling them again; other weights are compiled

@@ -175,10 +175,6 @@ def static_fill(model, x: Tensor, pos: Tensor, mask: Tensor) -> tuple[Tensor, Te
     return bb.norm.forward(x), torch.stack(keys), torch.stack(values)
 
 
-def _reason(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
-
-
 def _direct(package):
     """A loaded AOTInductor package as a plain function of the step's five tensors: its
     loader's `boxed_run` on them, without the package's per-call pytree work (it parses the
@@ -245,10 +241,8 @@ def aoti_options(device: torch.device, small: bool) -> dict:
 def library_cache() -> Path | None:
     """Where compiled step libraries are kept between processes: $UNIMM_CACHE_DIR/decode, else
     ~/.cache/unimm/decode; UNIMM_CACHE_DIR set to "" turns the cache off."""
-    root = os.environ.get("UNIMM_CACHE_DIR")
-    if root == "":
-        return None
-    return Path(root or Path.home() / ".cache" / "unimm") / "decode"
+    root = kernels.cache_root()
+    return None if root is None else root / "decode"
 
 
 def library_key(program, options: dict, device: torch.device) -> str:
@@ -371,7 +365,7 @@ class DecodeStep:
                 run = self._fills[key] = self._fill_library(x, pos, mask)
             h, k, v = run(x.contiguous(), pos.contiguous(), mask)
         except Exception as err:   # an older torch, an unsupported op, ...: eager fills
-            self.fill_failed = _reason(err)
+            self.fill_failed = kernels.reason(err)
             warnings.warn(f"compiled prompt fills unavailable, filling eagerly "
                           f"({self.fill_failed})")
             return None
@@ -500,7 +494,7 @@ class DecodeStep:
                         out = run(*args)
             except Exception as err:   # an older torch, an unsupported op, ...: torch.compile
                 win = None
-                self.aoti_failed = _reason(err)
+                self.aoti_failed = kernels.reason(err)
                 self.backend = "inductor"
                 warnings.warn(f"AOTInductor decoding unavailable, using torch.compile "
                               f"({self.aoti_failed})")
@@ -512,7 +506,7 @@ class DecodeStep:
                 out = self.fn(tok, pos, step_bias(slots, start, dtype), cache.k, cache.v, lo,
                               hi)
             except Exception as err:   # no C++ compiler, an unsupported op, ...: run eagerly
-                self.failed = _reason(err)
+                self.failed = kernels.reason(err)
                 warnings.warn(f"compiled decoding unavailable, decoding eagerly ({self.failed})")
         if out is not None:
             logits, k, v = out

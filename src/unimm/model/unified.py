@@ -194,9 +194,7 @@ class TokenModel(nn.Module):
         from unimm.model.decode import DecodeStep
         step = DecodeStep(self, backend) if on else None
         self.__dict__["_decode"] = step
-        # prompt fills before decoding (start 0, last token only) through a compiled library
-        # too (AOTInductor only; DecodeStep.fill says where it applies)
-        self.backbone.__dict__["_fill"] = step
+        self.backbone.__dict__["_fill"] = step      # prompt fills: DecodeStep.fill
 
     def decode_logits(self, tok: Tensor, pos: Tensor, slots: Tensor, cache, start: int,
                       lo: int, hi: int) -> Tensor:
