@@ -12,21 +12,26 @@ and the server are thin adapters over this class.
 
 from __future__ import annotations
 
+import math
 import os
+import queue
+import threading
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .data.images import ImageError, load_image
-from .data.text import final_answer
+from .data.text import ANSWER_MARK, final_answer
 from .paradigms.base import Turn
-from .paradigms.sampling import GREEDY, MAX_GUIDANCE, SamplingConfig
+from .paradigms.sampling import GREEDY, MAX_GUIDANCE, MAX_TEMPERATURE, SamplingConfig
 from .train.config import PRECISIONS
 from .train.run import Parts, RunError, load_run, resolve_device
 
 MAX_PROMPT_CHARS = 1000
 MAX_BATCH = 32
+MAX_SEED = 2**64 - 1            # torch.Generator.manual_seed's range
 DEFAULT_RUN = Path(__file__).parent / "assets" / "default"
 
 
@@ -101,12 +106,22 @@ class Pipeline:
         if len(text) > MAX_PROMPT_CHARS:
             raise InputError(f"{what} has {len(text)} characters; at most {MAX_PROMPT_CHARS} "
                              "are accepted")
-        ids = self.parts.text_tok.encode(text)
+        ids = self.count_tokens(text, what)
         limit = self.cfg.model.max_seq_len - room
         if len(ids) > limit:
             raise InputError(f"{what} is {len(ids)} tokens long; this model accepts at most "
                              f"{limit} here")
         return ids
+
+    def count_tokens(self, text: str, what: str = "text") -> list[int]:
+        """The text's token ids (what the model reads); InputError for text that is not
+        valid Unicode (a lone surrogate cannot be encoded)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"{what} is not valid Unicode: a lone surrogate at character "
+                             f"{e.start}; send UTF-8 text") from None
+        return self.parts.text_tok.encode(text)
 
     def _codes(self, images: list[np.ndarray]) -> list[list[int]]:
         if not images:
@@ -117,21 +132,27 @@ class Pipeline:
 
     def _sampling(self, temperature, top_k, top_p) -> SamplingConfig:
         d = self.default_sampling
-        try:
-            return SamplingConfig(
-                temperature=d.temperature if temperature is None else float(temperature),
-                top_k=d.top_k if top_k is None else int(top_k),
-                top_p=d.top_p if top_p is None else float(top_p))
-        except (TypeError, ValueError) as e:
-            raise InputError(f"bad sampling option: {e}") from None
+        return SamplingConfig(
+            temperature=d.temperature if temperature is None else
+            number(temperature, "temperature", 0, MAX_TEMPERATURE),
+            top_k=d.top_k if top_k is None else int(number(top_k, "top_k", 0, 2**31, True)),
+            top_p=d.top_p if top_p is None else number(top_p, "top_p", 0, 1, lo_open=True))
 
     # ---- batched core ------------------------------------------------------------------------
     @torch.no_grad()
     def answer(self, images, questions, max_new: int = 64,
                sampling: SamplingConfig = GREEDY, seed: int | None = None,
-               reasoning: bool = False) -> list[str]:
+               reasoning: bool = False,
+               on_token: Callable[[int, int], None] | None = None) -> list[str]:
         """Answer questions about images (one each), batched. Runs trained to describe the scene
-        before answering (`data.vqa_reasoning`) return only the answer unless `reasoning`."""
+        before answering (`data.vqa_reasoning`) return only the answer unless `reasoning`.
+        `on_token(row, token_id)` is called from inside decoding with each row's token as it
+        is decoded (the row's <eos> last), eager and compiled decoding alike; `TextStream`
+        turns one row's tokens into text."""
+        if not isinstance(sampling, SamplingConfig):
+            raise InputError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
+            raise InputError(f"max_new must be a positive integer, got {max_new!r}")
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions")
         # The question must leave room for at least a short answer; the answer is then cut at
@@ -146,8 +167,10 @@ class Pipeline:
             chunk = turns[i:i + MAX_BATCH]
             prefix = max(len(t.text) for t in chunk) + self.vocab.n_image + 6
             n_new = min(max_new, self.cfg.model.max_seq_len - prefix)
+            tap = None if on_token is None else _rows_from(i, on_token)
             with self._autocast():
-                ids = self.paradigm.generate_text(self.model, chunk, n_new, sampling, gen)
+                ids = self.paradigm.generate_text(self.model, chunk, n_new, sampling, gen,
+                                                  on_token=tap)
             out += [self.parts.text_tok.decode(x).strip() for x in ids]
         return out if reasoning else [final_answer(t) for t in out]
 
@@ -158,10 +181,12 @@ class Pipeline:
         and sampling default to the run's measured choice (config `eval`)."""
         if guidance is None:
             guidance = self.default_guidance if images is None else self.default_edit_guidance
-        guidance = float(guidance)
+        guidance = number(guidance, "guidance", 0, MAX_GUIDANCE)
         sampling = self.default_sampling if sampling is None else sampling
-        if not 0 <= guidance <= MAX_GUIDANCE:
-            raise InputError(f"guidance must lie in [0, {MAX_GUIDANCE:g}], got {guidance}")
+        if not isinstance(sampling, SamplingConfig):
+            raise InputError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+        if isinstance(prompts, str):
+            raise InputError("prompts must be a list of strings (one image each), got a string")
         room = self.vocab.n_image * (2 if images is not None else 1) + 8
         what = "instruction" if images is not None else "prompt"
         ids = [self._ids(p, what, room) for p in prompts]
@@ -192,12 +217,69 @@ class Pipeline:
         "Answer: ..." for runs trained with `data.vqa_reasoning`)."""
         return self.answer([image], [question], reasoning=reasoning)[0]
 
+    def stream(self, image, question: str, reasoning: bool = False, max_new: int = 64,
+               temperature: float | None = None, top_p: float | None = None,
+               seed: int | None = None) -> Iterator[str]:
+        """The answer as it is decoded: an iterator of text pieces whose concatenation is
+        what `answer` returns with the same options (greedy, as `ask`, unless a temperature
+        is given). Input errors raise here, at the call; decoding runs in a worker thread and
+        stops early when the iterator is closed."""
+        sam = GREEDY if temperature is None else self._sampling(temperature, None, top_p)
+        self._check_ask(image, question)
+        _generator(seed, "cpu")                         # a bad seed fails here too
+        text = self.text_stream(reasoning)
+        pieces: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        end = object()
+
+        def on_token(_row: int, tok: int) -> None:
+            if stop.is_set():
+                raise _Cancelled
+            piece = text.push(tok)
+            if piece:
+                pieces.put(piece)
+
+        def work() -> None:
+            try:
+                final = self.answer([image], [question], max_new, sam, seed, reasoning,
+                                    on_token)[0]
+                pieces.put(text.finish(final))
+                pieces.put(end)
+            except _Cancelled:
+                pieces.put(end)
+            except BaseException as e:          # noqa: BLE001 - re-raised in the caller
+                pieces.put(e)
+
+        def pieces_of() -> Iterator[str]:
+            worker = threading.Thread(target=work, daemon=True, name="unimm-stream")
+            worker.start()
+            try:
+                while (item := pieces.get()) is not end:
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item:
+                        yield item
+            finally:
+                stop.set()
+        return pieces_of()
+
+    def _check_ask(self, image, question) -> None:
+        room = self.vocab.n_image + 8 + self.paradigm.min_answer
+        self._image(image)
+        self._ids(question, "question", room)
+
+    def text_stream(self, reasoning: bool = False) -> "TextStream":
+        """A fresh TextStream for one answer row of this model (what `stream` and the
+        server's streamed chat use)."""
+        hold = self.cfg.data.vqa_reasoning != "none" and not reasoning
+        return TextStream(self.parts.text_tok.decode, self.vocab.eos, hold)
+
     def generate(self, prompt: str, n: int = 1, guidance: float | None = None,
                  seed: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
         """n images for one prompt. Unset options take the run's defaults; temperature 0 is
         greedy (n identical images), so use temperature > 0 for variety."""
-        if not isinstance(n, int) or not 1 <= n <= 64:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
             raise InputError(f"n must be an integer in [1, 64], got {n!r}")
         return self.draw([prompt] * n, None, guidance, self._sampling(temperature, top_k, top_p), seed)
 
@@ -208,12 +290,77 @@ class Pipeline:
                          self._sampling(temperature, top_k, top_p), seed)[0]
 
 
+class TextStream:
+    """One answer row's token ids in, text pieces out, such that the pieces add up to the
+    answer `Pipeline.answer` returns for that row: leading and trailing spaces held back
+    until more text follows, half a UTF-8 character held until its other bytes come, nothing
+    after <eos>, and (`hold_for_mark`: a run trained to reason before answering, asked for the
+    answer only) nothing before the answer mark."""
+
+    def __init__(self, decode: Callable[[list[int]], str], eos: int, hold_for_mark: bool):
+        self.decode, self.eos, self.hold = decode, eos, hold_for_mark
+        self.ids: list[int] = []
+        self.sent = ""
+        self.ended = False
+
+    def push(self, token: int) -> str:
+        if self.ended or token == self.eos:
+            self.ended = True
+            return ""
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):                # half a UTF-8 character so far
+            return ""
+        if self.hold:
+            head, mark, text = text.rpartition(ANSWER_MARK)
+            if not mark:
+                return ""
+        return self._advance(text.strip())
+
+    def finish(self, final: str) -> str:
+        """The rest of the answer once decoding is over (`final`: what answer() returned)."""
+        return self._advance(final)
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.sent) or len(text) <= len(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+
+class _Cancelled(Exception):
+    """Raised inside decoding when a stream's consumer has gone away."""
+
+
+def _rows_from(offset: int, on_token: Callable[[int, int], None]):
+    """The paradigm's per-step callback (one token or None per row of a chunk) -> the user's
+    on_token(row, token) with rows counted in the whole call."""
+    def tap(tokens: list) -> None:
+        for b, t in enumerate(tokens):
+            if t is not None:
+                on_token(offset + b, t)
+    return tap
+
+
+def number(x, what: str, lo: float, hi: float, integer: bool = False,
+           lo_open: bool = False) -> float:
+    """A finite number (an integer with `integer`) in [lo, hi] ((lo, hi] with `lo_open`),
+    else InputError naming the accepted range. Booleans and strings are not numbers."""
+    kind = "an integer" if integer else "a number"
+    rng = f"{'(' if lo_open else '['}{lo if integer else f'{lo:g}'}, {hi if integer else f'{hi:g}'}]"
+    ok = isinstance(x, (int, np.integer)) if integer else \
+        isinstance(x, (int, float, np.integer, np.floating))
+    if isinstance(x, (bool, np.bool_)) or not ok or not math.isfinite(x) \
+            or not (lo < x if lo_open else lo <= x) or not x <= hi:
+        raise InputError(f"{what} must be {kind} in {rng}, got {x!r}")
+    return int(x) if integer else float(x)
+
+
 def _generator(seed: int | None, device) -> torch.Generator:
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
-    if not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = number(seed, "seed", 0, MAX_SEED, integer=True)
     return torch.Generator(device=device).manual_seed(seed)
 
 
-__all__ = ["Pipeline", "InputError", "default_run_dir"]
+__all__ = ["Pipeline", "InputError", "TextStream", "default_run_dir", "number"]

@@ -49,6 +49,8 @@ def load_image(x, *, what: str = "image", allow_gray: bool = False) -> np.ndarra
     """Return an (H, W, 3) uint8 array from a path, PIL image or array."""
     if isinstance(x, (str, os.PathLike)):
         p = Path(x)
+        if p.is_dir():
+            raise ImageError(f"{what}: {p} is a folder; give an image file ({ACCEPTED})")
         if not p.is_file():
             raise ImageError(f"{what}: no such file: {p}")
         if p.stat().st_size > MAX_FILE_BYTES:

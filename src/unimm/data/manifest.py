@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.io import OutputPathError, parse_json
 from .images import ImageError, load_image, save_png
 from .shapes import Scene
 from .splits import ShapesWorld, WorldConfig
@@ -158,14 +159,20 @@ def load_manifest(path: str | os.PathLike, check_images: bool = True) -> list[Re
         raise ManifestError(path, [(0, "manifest file not found")])
     root = path.parent
     records, problems, ids = [], [], {}
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
-            if not raw.strip():
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append((n, f"not UTF-8 text (byte {e.start} of the line is "
+                                    f"0x{raw[e.start]:02x}); save the manifest as UTF-8"))
+                continue
+            if not line.strip():
                 continue
             try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                problems.append((n, f"not valid JSON ({e.msg} at column {e.colno})"))
+                obj = parse_json(line)
+            except ValueError as e:
+                problems.append((n, f"not valid JSON ({e})"))
                 continue
             rec, errs = _parse_record(obj, n, root, check_images)
             problems.extend((n, e) for e in errs)
@@ -215,6 +222,8 @@ def write_manifest(records: list[dict], out_dir: str | os.PathLike, overwrite: b
     Everything is written into a temporary sibling folder first and renamed into place, so an
     interrupted export leaves nothing behind."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputPathError(f"{out_dir} is a file; give a folder to export into")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out_dir} exists and is not empty; choose another folder "

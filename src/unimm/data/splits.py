@@ -20,14 +20,29 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from ..eval.geneval import CATEGORIES, GenevalPrompt, sample_prompt, target_scene
-from .shapes import (DEFAULT_IMAGE_SIZE, HOLDOUT_PAIRS, Scene, check_image_size, render,
-                     sample_scene)
-from .text import EDIT_KINDS, QUESTION_KINDS, Edit, caption, edit, question, with_reasoning
+from ..utils.config import check_limits
+from .shapes import (
+    DEFAULT_IMAGE_SIZE,
+    HOLDOUT_PAIRS,
+    Scene,
+    check_image_size,
+    render,
+    sample_scene,
+)
+from .text import (
+    EDIT_KINDS,
+    QUESTION_KINDS,
+    Edit,
+    caption,
+    edit,
+    question,
+    with_reasoning,
+)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
@@ -45,7 +60,11 @@ class WorldConfig:
     holdout: HoldoutMode = "generation"
     geneval_prompt_frac: float = 0.3     # share of t2i examples using short GenEval-style prompts
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"image_size": (8, 1024)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         check_image_size(self.image_size)
         if self.holdout not in ("generation", "strict", "none"):
             raise ValueError(f"holdout must be 'generation', 'strict' or 'none', got {self.holdout!r}")

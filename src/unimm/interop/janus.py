@@ -238,8 +238,7 @@ def from_janus(janus_dir: str | Path, out: str | Path) -> Path:
 
     from ..tokenizers.image import load_image_tokenizer
     from ..tokenizers.text import TextTokenizer
-    from ..train.checkpoint import save_weights
-    from ..train.run import build_parts, load_config
+    from ..train.run import build_parts, load_config, save_run_weights
     janus_dir, out = Path(janus_dir), Path(out)
     side = janus_dir / UNIMM_DIR
     if not (side / "config.json").is_file():
@@ -264,7 +263,7 @@ def from_janus(janus_dir: str | Path, out: str | Path) -> Path:
     parts.model.load_state_dict(ours)
     with _new_folder(out) as tmp:
         shutil.copytree(side, tmp)
-        save_weights(parts.model, tmp / "model.safetensors")
+        save_run_weights(parts, parts.model, tmp)
     return out
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,11 @@ from unimm.model.cache import BufferPool, KVCache
 from unimm.model.layers import Block, RMSNorm, autocast_dtype
 from unimm.model.masks import causal_mask
 from unimm.model.rotary import Rotary, default_sections
+
+from ..utils.config import check_limits
+
+
+MAX_BLOCK_PARAMS = 1e11        # a 70B-class stack; larger configs are typos, not models
 
 
 def _default_mlp_hidden(dim: int) -> int:
@@ -61,7 +66,13 @@ class BackboneConfig:
     dropout: float = 0.0
     qk_norm: bool = False
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"dim": (1, 16384), "n_layers": (1, 512), "n_heads": (1, 1024),
+                              "n_kv_heads": (1, 1024), "mlp_hidden": (1, 131072),
+                              "max_seq_len": (1, 131072)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         for name in ("dim", "n_layers", "n_heads", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -91,6 +102,11 @@ class BackboneConfig:
         if self.rope_layout not in ("interleaved", "contiguous"):
             raise ValueError(f"rope_layout={self.rope_layout!r} must be 'interleaved' "
                              f"or 'contiguous'")
+        n = self.n_layers * self.dim * (2 * self.dim + 2 * self.n_kv_heads * self.head_dim
+                                        + 3 * self.mlp_hidden)
+        if n > MAX_BLOCK_PARAMS:
+            raise ValueError(f"this shape has {n:.3g} parameters in its blocks; at most "
+                             f"{MAX_BLOCK_PARAMS:.0e} are accepted (dim, n_layers, mlp_hidden)")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ValueError("rope_theta and norm_eps must be positive")
         if not 0.0 <= self.dropout < 1.0:

@@ -25,15 +25,16 @@ E width, C contrastive embedding width.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..utils.config import ConfigError, from_dict
+from ..utils.config import ConfigError, check_limits, from_dict
+from ..utils.io import read_json
 from .backbone import Backbone, BackboneConfig
 
 ENCODER_FORMAT = "unimm.encoder"
@@ -55,7 +56,13 @@ class ViTConfig:
     n_heads: int = 4
     embed_dim: int = 96            # pooled (contrastive) embedding width
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"image_size": (1, 4096), "patch_size": (1, 4096),
+                              "dim": (1, 16384), "n_layers": (1, 512), "n_heads": (1, 1024),
+                              "embed_dim": (1, 16384)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         for name in ("image_size", "patch_size", "dim", "n_layers", "n_heads", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -130,8 +137,8 @@ def read_encoder(path, want: ViTConfig | None = None) -> tuple[ViTConfig, dict[s
         raise EncoderFileError(f"{d} is not a saved encoder: it needs {ENCODER_CONFIG} and "
                                f"{ENCODER_WEIGHTS} (train one with `unimm train-encoder`)")
     try:
-        meta = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
+        meta = read_json(cfg_path)
+    except ValueError as e:
         raise EncoderFileError(f"{cfg_path} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != ENCODER_FORMAT:
         raise EncoderFileError(f"{cfg_path} is not an encoder file (format tag "

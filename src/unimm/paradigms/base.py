@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -20,6 +21,9 @@ from ..model.masks import and_padding, same_branch, span_mask
 from ..model.unified import TokenModel
 from .sampling import GREEDY, SamplingConfig, sample
 from .sequence import Batch, Builder, Packed, Vocab, collate
+
+# Text decoding's per-step callback: one token id per row, None for rows that already ended.
+OnToken = Callable[[list], None]
 
 
 @dataclass(frozen=True)
@@ -211,9 +215,11 @@ class Paradigm:
 
     @torch.no_grad()
     def generate_text(self, model: TokenModel, turns: list[Turn], max_new: int = 48,
-                      sampling: SamplingConfig = GREEDY, generator=None) -> list[list[int]]:
+                      sampling: SamplingConfig = GREEDY, generator=None,
+                      on_token: OnToken | None = None) -> list[list[int]]:
         """Answer each turn: KV-cached autoregressive decoding over the text slice
-        (text tokens + <eos>), batched over rows with left padding."""
+        (text tokens + <eos>), batched over rows with left padding. `on_token` receives each
+        step's tokens, one per row (None for rows that already ended), as they are decoded."""
         v = self.vocab
         prefixes = [format_turn(v, t, with_target=False) for t in turns]
         dev = next(model.parameters()).device
@@ -234,7 +240,10 @@ class Paradigm:
         logits = model.logits(h, 0, v.text_end).float()
         for k in range(max_new):
             tok = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)  # (B,)
-            for b, t in enumerate(tok.tolist()):     # one transfer, not a tensor op per row
+            step = tok.tolist()                      # one transfer, not a tensor op per row
+            if on_token is not None:
+                on_token([None if d else t for d, t in zip(done, step)])
+            for b, t in enumerate(step):
                 if not done[b]:
                     if t == v.eos:
                         done[b] = True

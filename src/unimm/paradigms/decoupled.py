@@ -33,6 +33,7 @@ Einops legend: B rows, T tokens, N codes (= patches) per image, E encoder width,
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 
 from ..model.unified import TokenModel
 from ..model.vit import ViT, ViTConfig, read_encoder
+from ..utils.config import check_limits
 from .ar import ARConfig, Autoregressive
 from .base import Turn
 from .sequence import Vocab
@@ -59,7 +61,11 @@ class DecoupledConfig:
     # task losses only).
     align_weight: float = 0.0
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"aligner_depth": (0, 64)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         if self.aligner_depth < 1:
             raise ValueError(f"aligner_depth must be >= 1, got {self.aligner_depth}")
         if self.align_weight < 0:

@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..model.unified import TokenModel
+from ..utils.config import check_limits
 from . import ode
 from .base import Paradigm, Turn, drop_condition, format_turn, reduce_loss
 from .sampling import SamplingConfig, guide
@@ -99,7 +100,11 @@ class FlowConfig:
     predict: Literal["velocity", "codes"] = "velocity"
     min_gap: float = 0.05             # predict = codes: 1 - t is clamped here (JiT's t_eps)
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"steps": (1, 10000)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
         if self.steps < 1:

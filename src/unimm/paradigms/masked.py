@@ -33,14 +33,22 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.unified import TokenModel
-from .base import Paradigm, Turn, drop_condition, format_turn, reduce_loss, text_image_stats
+from ..utils.config import check_limits
+from .base import (
+    Paradigm,
+    Turn,
+    drop_condition,
+    format_turn,
+    reduce_loss,
+    text_image_stats,
+)
 from .sampling import SamplingConfig, guide, sample
 from .sequence import Batch, Packed, Vocab, collate, image_positions
 
@@ -64,7 +72,11 @@ class MaskedConfig:
     # <boi>, which sees the prompt only.
     shift: bool = False
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"steps": (1, 10000), "spread": (0, 4096)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
         if self.steps < 1:

@@ -32,14 +32,15 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.unified import TokenModel
-from .base import Turn, format_turn
+from ..utils.config import check_limits
+from .base import OnToken, Turn, format_turn
 from .masked import IGNORE, Masked, reveal
 from .sampling import GREEDY, SamplingConfig
 from .sequence import Batch, Builder, Vocab, collate
@@ -58,7 +59,12 @@ class MMaDAConfig:
     pad_weight: float = 0.1           # loss weight of padding <eos> after the first one
     shift: bool = False               # predict each masked token from the slot before it (masked.py)
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"steps": (1, 10000), "spread": (0, 4096), "text_len": (1, 4096),
+                              "block": (1, 4096), "steps_per_block": (1, 4096)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
         if self.spread < 0:
@@ -146,8 +152,10 @@ class MMaDA(Masked):
 
     @torch.no_grad()
     def generate_text(self, model: TokenModel, turns: list[Turn], max_new: int = 48,
-                      sampling: SamplingConfig = GREEDY, generator=None) -> list[list[int]]:
-        """Semi-autoregressive masked-diffusion decoding of a text answer per turn."""
+                      sampling: SamplingConfig = GREEDY, generator=None,
+                      on_token: OnToken | None = None) -> list[list[int]]:
+        """Semi-autoregressive masked-diffusion decoding of a text answer per turn. A block's
+        tokens are final when the block is; `on_token` then receives them in order."""
         v, cfg = self.vocab, self.cfg
         L = cfg.text_len
         dev = next(model.parameters()).device
@@ -168,6 +176,7 @@ class MMaDA(Masked):
         allowed[v.eos] = True
         out = torch.full((B, L), v.mask, dtype=torch.long, device=dev)
         masked = torch.ones(B, L, dtype=torch.bool, device=dev)
+        ended = [False] * B
         for b0 in range(0, L, cfg.block):
             in_block = (i >= b0) & (i < b0 + cfg.block)
             for k in block_counts(cfg.block, cfg.steps_per_block):
@@ -177,6 +186,9 @@ class MMaDA(Masked):
                 cand, new = reveal(logits, masked & in_block, k, sampling, 0.0, generator)
                 out = torch.where(new, cand, out)
                 masked = masked & ~new
+            if on_token is not None:
+                ended = _report_block(out[:, b0:b0 + cfg.block].tolist(), ended, v,
+                                      on_token)
             if bool((out[:, :b0 + cfg.block] == v.eos).any(1).all()):
                 break
         answers = []
@@ -188,3 +200,23 @@ class MMaDA(Masked):
                 ans.append(tok)
             answers.append(ans)
         return answers
+
+
+def _report_block(block: list[list[int]], ended: list[bool], v: Vocab,
+                  on_token: OnToken) -> list[bool]:
+    """Send a finished block's tokens (rows of ids) to `on_token` position by position, up
+    to each row's end (<eos>, or a slot left masked, sent as <eos>); returns who has ended."""
+    ended = list(ended)
+    for j in range(len(block[0]) if block else 0):
+        step = []
+        for b, row in enumerate(block):
+            t = row[j]
+            if ended[b]:
+                step.append(None)
+            elif t in (v.eos, v.mask):
+                ended[b] = True
+                step.append(v.eos)
+            else:
+                step.append(t)
+        on_token(step)
+    return ended

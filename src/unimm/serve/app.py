@@ -38,9 +38,20 @@ from ..paradigms.sampling import SamplingConfig
 from ..pipeline import MAX_PROMPT_CHARS, InputError, Pipeline
 from .batcher import Batcher, Overloaded
 from .inputs import decode_data_url, png_b64, read_image
-from .schemas import (EDIT_FIELDS, ChatChoice, ChatMessageOut, ChatRequest, ChatResponse,
-                      ErrorResponse, ImageData, ImageRequest, ImagesResponse, ModelCard,
-                      ModelList, Usage)
+from .schemas import (
+    EDIT_FIELDS,
+    ChatChoice,
+    ChatMessageOut,
+    ChatRequest,
+    ChatResponse,
+    ErrorResponse,
+    ImageData,
+    ImageRequest,
+    ImagesResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+)
 from .settings import ServeSettings
 
 log = logging.getLogger("unimm.serve")
@@ -119,6 +130,11 @@ def create_app(pipe: Pipeline, settings: ServeSettings = ServeSettings(),
         return error_json(400, "; ".join(parts) or "invalid request", param=param,
                           code=first.get("type"))
 
+    @app.exception_handler(InputError)
+    @app.exception_handler(ImageError)
+    async def _bad_input(_, e: ValueError):
+        return error_json(400, str(e))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_, e: StarletteHTTPException):
         return error_json(e.status_code, str(e.detail),
@@ -141,6 +157,10 @@ def create_app(pipe: Pipeline, settings: ServeSettings = ServeSettings(),
         if len(text) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"{what} has {len(text)} characters; at most "
                            f"{MAX_PROMPT_CHARS} are accepted", param=what)
+        try:
+            pipe.count_tokens(text, what)            # not valid Unicode: refused here
+        except InputError as e:
+            raise ApiError(400, str(e), param=what) from None
         return text
 
     def check_n(n: int) -> None:
@@ -225,8 +245,8 @@ def create_app(pipe: Pipeline, settings: ServeSettings = ServeSettings(),
         if not req.stream:
             out = await wait(submit("answer", [(image, question)], args, key, req.seed is not None))
             text = out[0]
-            n_out = len(pipe.parts.text_tok.encode(text)) if text else 0
-            n_in = len(pipe.parts.text_tok.encode(question)) + pipe.vocab.n_image
+            n_out = len(pipe.count_tokens(text)) if text else 0
+            n_in = len(pipe.count_tokens(question)) + pipe.vocab.n_image
             return ChatResponse(id=cid, created=now, model=model_id, usage=Usage(
                 prompt_tokens=n_in, completion_tokens=n_out, total_tokens=n_in + n_out),
                 choices=[ChatChoice(message=ChatMessageOut(content=text),
@@ -240,14 +260,20 @@ def create_app(pipe: Pipeline, settings: ServeSettings = ServeSettings(),
                                  headers={"Cache-Control": "no-cache"})
 
     async def stream_chat(events: asyncio.Queue, fut: asyncio.Future, cid: str, now: int):
+        """SSE: a role chunk, one content chunk per decoded piece of text, the finish chunk,
+        [DONE]. Whatever goes wrong after the first chunk (a timeout, the batch failing, a
+        bug) ends the stream with an OpenAI error event, then [DONE]: never a cut connection."""
         def chunk(delta: dict, finish=None) -> str:
             return "data: " + json.dumps({
                 "id": cid, "object": "chat.completion.chunk", "created": now, "model": model_id,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
-        decode, eos = pipe.parts.text_tok.decode, pipe.vocab.eos
+        def error_event(message: str, type_: str, code: str | None = None) -> str:
+            return "data: " + json.dumps({"error": {"message": message, "type": type_,
+                                                    "param": None, "code": code}}) + "\n\n"
+
+        text = pipe.text_stream()
         yield chunk({"role": "assistant", "content": ""})
-        ids, sent, ended = [], "", False
         deadline = loop_time() + s.request_timeout_s
         try:
             while True:
@@ -255,29 +281,25 @@ def create_app(pipe: Pipeline, settings: ServeSettings = ServeSettings(),
                     tok = await asyncio.wait_for(events.get(), max(0.0, deadline - loop_time()))
                 except asyncio.TimeoutError:
                     fut.cancel()
-                    raise ApiError(504, "timeout", "timeout_error") from None
+                    raise ApiError(504, f"the request took longer than "
+                                   f"{s.request_timeout_s:g} s", "timeout_error",
+                                   code="timeout") from None
                 if tok is None:
                     break
-                if ended or tok == eos:
-                    ended = True
-                    continue
-                ids.append(tok)
-                text = decode(ids).lstrip()
-                if text.endswith("\ufffd"):                 # half a UTF-8 character so far
-                    continue
-                text = text.rstrip()
-                if text.startswith(sent) and len(text) > len(sent):
-                    yield chunk({"content": text[len(sent):]})
-                    sent = text
-            final = fut.result()[0]                          # raises what the batch raised
-            if final.startswith(sent) and len(final) > len(sent):
-                yield chunk({"content": final[len(sent):]})
+                piece = text.push(tok)
+                if piece:
+                    yield chunk({"content": piece})
+            rest = text.finish(fut.result()[0])              # raises what the batch raised
+            if rest:
+                yield chunk({"content": rest})
             yield chunk({}, "stop")
         except ApiError as e:
-            yield "data: " + json.dumps({"error": {"message": e.message, "type": e.type}}) + "\n\n"
+            yield error_event(e.message, e.type, e.code)
         except (InputError, ImageError, Overloaded) as e:
-            yield "data: " + json.dumps({"error": {"message": str(e),
-                                                   "type": "invalid_request_error"}}) + "\n\n"
+            yield error_event(str(e), "invalid_request_error")
+        except Exception:                                    # noqa: BLE001 - told, not cut
+            log.exception("streamed request failed")
+            yield error_event("internal server error", "server_error")
         yield "data: [DONE]\n\n"
 
     async def draw(prompt: str, n: int, image, seed, guidance, temperature) -> ImagesResponse:

@@ -11,10 +11,10 @@ One lane per kind of work (answer / draw), each an asyncio queue with one worker
 - the queue is bounded in rows: past `queue_size`, `submit` raises `Overloaded` (the server
   answers 503 with Retry-After) instead of letting memory grow;
 - a batch that fails (one bad row, say a prompt too long in tokens) is retried row by row so
-  only the bad request fails;
-- streaming: text decoding is observed token by token through `_TokenTap`, a transparent
-  proxy of the model (the Pipeline takes a `model` argument), since `Pipeline.answer` has no
-  callback.
+  only the bad request fails; a streamed job that has already sent tokens is not retried (its
+  client has seen them) but fails with the batch's error;
+- streaming: `Pipeline.answer(on_token=...)` reports each row's tokens as they are decoded;
+  they go to the job's `on_token` (called from the worker thread).
 """
 
 from __future__ import annotations
@@ -42,22 +42,7 @@ class Job:
     future: asyncio.Future
     on_token: Callable[[int, int], None] | None = None   # (row, token id), from the worker thread
     enqueued: float = field(default_factory=time.perf_counter)
-
-
-class _TokenTap:
-    """The model, seen through: reports each token fed back during KV-cached text decoding
-    (a one-token `hidden` call) and forwards everything else unchanged."""
-
-    def __init__(self, model, report: Callable[[list[int]], None]):
-        self._model, self._report = model, report
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def hidden(self, tokens, pos, mask=None, cache=None, start=0):
-        if tokens.ndim == 2 and tokens.shape[1] == 1:
-            self._report(tokens[:, 0].tolist())
-        return self._model.hidden(tokens, pos, mask, cache=cache, start=start)
+    streamed: bool = False            # on_token has been called: a retry would repeat tokens
 
 
 class Batcher:
@@ -152,6 +137,9 @@ class Batcher:
                         _settle(jobs[0], exc=e)
                         return
                     for j in jobs:                         # find the bad row(s); others succeed
+                        if j.streamed:                     # its client has seen tokens
+                            _settle(j, exc=e)
+                            continue
                         try:
                             _settle(j, (await asyncio.to_thread(self._call, kind, [j]))[0])
                         except Exception as e1:            # noqa: BLE001
@@ -168,11 +156,9 @@ class Batcher:
         owner = [(j, i) for j in jobs for i in range(len(j.rows))]
         args = jobs[0].args
         if kind == "answer":
-            pipe = self.pipe
-            if any(j.on_token for j in jobs):
-                pipe = Pipeline(self.pipe.parts, model=_TokenTap(self.pipe.model, _router(owner)),
-                                device=self.pipe.device)
-            flat = pipe.answer([r[0] for r in rows], [r[1] for r in rows], **args)
+            tap = _router(owner) if any(j.on_token for j in jobs) else None
+            flat = self.pipe.answer([r[0] for r in rows], [r[1] for r in rows], **args,
+                                    on_token=tap)
         else:
             images = [r[1] for r in rows]
             flat = self.pipe.draw([r[0] for r in rows], None if images[0] is None else images,
@@ -194,10 +180,12 @@ class Batcher:
 
 
 def _router(owner: list[tuple[Job, int]]):
-    def report(tokens: list[int]) -> None:
-        for (job, i), tok in zip(owner, tokens):
-            if job.on_token is not None:
-                job.on_token(i, tok)
+    """Pipeline.answer's on_token(row, token) -> the owning job's on_token(its row, token)."""
+    def report(row: int, tok: int) -> None:
+        job, i = owner[row]
+        if job.on_token is not None:
+            job.streamed = True
+            job.on_token(i, tok)
     return report
 
 

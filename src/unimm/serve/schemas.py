@@ -1,8 +1,10 @@
 """Request and response bodies of the OpenAI-compatible endpoints (the subset unimm serves).
 
 Every request model forbids unknown fields (`extra="forbid"`): a misspelt option is a 400 that
-names it, never silently ignored. Bounds that depend on server settings (n, max_tokens, image
-pixels) are checked in `app.py`, where the settings live.
+names it, never silently ignored. Types are strict (`strict=True`): JSON's own types only, so
+`"n": "2"`, `"n": true` and `"stream": "yes"` are 400s, not coerced (an integer is accepted
+where a number is); NaN and infinities are refused. Bounds that depend on server settings
+(n, max_tokens, image pixels) are checked in `app.py`, where the settings live.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ..pipeline import MAX_PROMPT_CHARS
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # ---- chat ------------------------------------------------------------------------------------
@@ -52,7 +54,7 @@ class ChatRequest(Strict):
     temperature: Optional[float] = Field(None, ge=0, le=2)
     top_p: Optional[float] = Field(None, gt=0, le=1)
     seed: Optional[int] = Field(None, ge=0, lt=2**32)
-    n: Literal[1] = 1
+    n: int = Field(1, ge=1, le=1, description="Choices per request: 1 (one answer).")
     user: Optional[str] = None
 
 

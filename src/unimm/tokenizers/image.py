@@ -20,10 +20,9 @@ d = latent dim, k = codebook size.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,8 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..utils.config import ConfigError, from_dict, to_dict
-from ..utils.io import atomic_path, write_json
+from ..utils.config import ConfigError, check_limits, from_dict, to_dict
+from ..utils.io import atomic_path, read_json, write_json
 from .vq import VectorQuantizer, usage_stats
 
 FORMAT = "unimm.image_tokenizer"
@@ -63,7 +62,13 @@ class ImageTokenizerConfig:
     commitment: float = 0.25         # beta in L = |x - D(q)|^2 + beta |z - sg(q)|^2
     latent_norm: Literal["l2", "none"] = "l2"   # l2: latents and codes on the unit sphere
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"image_size": (1, 4096), "patch_size": (1, 4096),
+                              "codebook_size": (1, 1048576), "latent_dim": (1, 8192),
+                              "hidden": (1, 16384), "depth": (0, 64)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         if self.image_size < 1 or self.patch_size < 1 or self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be a positive multiple of "
                              f"patch_size ({self.patch_size})")
@@ -373,8 +378,8 @@ def load_image_tokenizer(directory) -> ImageTokenizer:
             raise TokenizerFileError(f"{p}: missing (a saved image tokenizer has {CONFIG_FILE} "
                                      f"and {WEIGHTS_FILE})")
     try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        meta = read_json(cfg_path)
+    except ValueError as e:
         raise TokenizerFileError(f"{cfg_path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise TokenizerFileError(f"{cfg_path}: not an image tokenizer file (format is "

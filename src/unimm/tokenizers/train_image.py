@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data.splits import ShapesWorld, WorldConfig
 from ..eval.judge import judge_batch
-from ..utils.config import to_dict
+from ..utils.config import check_limits, to_dict
 from ..utils.io import write_json
 from ..utils.plot import image_grid
 from .image import ImageTokenizer, ImageTokenizerConfig, build_image_tokenizer
@@ -55,7 +55,15 @@ class TokenizerTrainConfig:
     threads: int = 0                 # torch threads; 0 leaves the default
     seed: int = 0
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"steps": (0, 100000000), "batch_size": (1, 1048576),
+                              "warmup_steps": (0, 100000000), "init_images": (1, 1000000),
+                              "restart_every": (0, 100000000), "eval_every": (1, 100000000),
+                              "val_images": (1, 1000000), "test_scenes": (1, 1000000),
+                              "threads": (0, 1024)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         for name in ("steps", "batch_size", "init_images", "eval_every", "val_images",
                      "test_scenes"):
             if getattr(self, name) < 1:

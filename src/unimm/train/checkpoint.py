@@ -1,12 +1,15 @@
 """Checkpoints: safetensors for every tensor (model, EMA, optimizer moments), JSON for the rest.
 
 A checkpoint folder is written beside the old one and swapped in with renames, so a kill at any
-moment leaves either the old or the new checkpoint whole. Loading checks that the weights fit
-the configured model and names the file and the mismatch otherwise.
+moment leaves either the old or the new checkpoint whole; its state.json records the sha256 of
+each weights file, verified when it is loaded. A kill leaves at most temporary folders and
+files behind; `remove_stale` clears them when the run starts or resumes. Loading checks that the
+weights fit the configured model and names the file and the mismatch otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -16,22 +19,50 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..utils.io import TMP_FILE_GLOB, atomic_path, read_json
+
+CKPT_TMP_PREFIX = ".ckpt."
+
 
 class CheckpointError(ValueError):
     pass
 
 
-def save_weights(module_or_sd, path: Path) -> None:
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(module_or_sd, path: Path) -> str:
+    """Write a module's (or a state dict's) tensors as safetensors, atomically; returns the
+    file's sha256 (runs and checkpoints record it; loading verifies it)."""
     sd = module_or_sd.state_dict() if hasattr(module_or_sd, "state_dict") else module_or_sd
-    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(path))
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp))
+        digest = sha256_file(tmp)
+    return digest
 
 
-def load_weights(module: torch.nn.Module, path: Path, allow_missing: bool = False) -> list[str]:
-    """Load safetensors weights into module, strictly, with clear errors. With allow_missing
-    (warm starts), parameters absent from the file keep their values; returns their names."""
+def verify_sha256(path: Path, expected: str | None) -> None:
+    """CheckpointError if the file's sha256 is not `expected` (None: nothing recorded)."""
+    if expected is not None and sha256_file(path) != expected:
+        raise CheckpointError(f"corrupt: checksum mismatch in {Path(path).name} ({path}: its "
+                              f"sha256 is not the one recorded when it was written); restore "
+                              f"the file or train the run again")
+
+
+def load_weights(module: torch.nn.Module, path: Path, allow_missing: bool = False,
+                 sha256: str | None = None) -> list[str]:
+    """Load safetensors weights into module, strictly, with clear errors; `sha256`: the
+    recorded checksum, verified first. With allow_missing (warm starts), parameters absent
+    from the file keep their values; returns their names."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing weights file {path}")
+    verify_sha256(path, sha256)
     try:
         sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -85,15 +116,15 @@ def _opt_from_tensors(opt, tensors: dict, meta: dict) -> None:
 def save_checkpoint(ckpt_dir: Path, model, opt, ema, state: dict) -> None:
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=CKPT_TMP_PREFIX, dir=ckpt_dir.parent))
     try:
-        save_weights(model, tmp / "model.safetensors")
+        sums = {"model.safetensors": save_weights(model, tmp / "model.safetensors")}
         if ema is not None:
-            save_weights(ema, tmp / "ema.safetensors")
+            sums["ema.safetensors"] = save_weights(ema, tmp / "ema.safetensors")
         tensors, meta = _opt_to_tensors(opt)
-        save_file(tensors, str(tmp / "optim.safetensors"))
+        sums["optim.safetensors"] = save_weights(tensors, tmp / "optim.safetensors")
         (tmp / "optim.json").write_text(json.dumps(meta))
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        (tmp / "state.json").write_text(json.dumps({**state, "sha256": sums}, indent=2))
         old = ckpt_dir.with_name(ckpt_dir.name + ".old")
         if ckpt_dir.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -103,6 +134,34 @@ def save_checkpoint(ckpt_dir: Path, model, opt, ema, state: dict) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale(run_dir: Path) -> list[Path]:
+    """Delete what a killed write left in a run folder: temporary checkpoint folders
+    (`.ckpt.*`) and temporary files of atomic writes (`.*.tmp`, in the folder and its
+    subfolders); never anything else. Call only while no other process writes the run.
+    Returns what was removed."""
+    run_dir = Path(run_dir)
+    gone = []
+    for p in sorted(run_dir.glob(CKPT_TMP_PREFIX + "*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    for p in sorted(run_dir.rglob(TMP_FILE_GLOB)):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
+def weights_sha256(ckpt: Path, name: str) -> str | None:
+    """The sha256 a checkpoint folder's state.json records for one of its files (None for a
+    checkpoint written before checksums were recorded)."""
+    try:
+        sums = read_json(Path(ckpt) / "state.json").get("sha256") or {}
+    except (ValueError, AttributeError):
+        return None
+    return sums.get(name)
 
 
 def find_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -118,14 +177,19 @@ def load_checkpoint(ckpt_dir: Path, model, opt, ema) -> dict:
     d = find_checkpoint(ckpt_dir)
     if d is None:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}")
-    load_weights(model, d / "model.safetensors")
+    try:
+        state = read_json(d / "state.json")
+        sums = state.get("sha256") or {}
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{d}: state.json unreadable ({e})") from None
+    load_weights(model, d / "model.safetensors", sha256=sums.get("model.safetensors"))
     if ema is not None and (d / "ema.safetensors").is_file():
-        load_weights(ema, d / "ema.safetensors")
+        load_weights(ema, d / "ema.safetensors", sha256=sums.get("ema.safetensors"))
+    verify_sha256(d / "optim.safetensors", sums.get("optim.safetensors"))
     try:
         tensors = load_file(str(d / "optim.safetensors"))
-        meta = json.loads((d / "optim.json").read_text())
-        state = json.loads((d / "state.json").read_text())
+        meta = read_json(d / "optim.json")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{d}: optimizer state or state.json unreadable ({e})") from None
+        raise CheckpointError(f"{d}: optimizer state unreadable ({e})") from None
     _opt_from_tensors(opt, tensors, meta)
     return state

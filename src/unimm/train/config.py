@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..data.splits import WorldConfig, check_question_kinds
 from ..data.text import QUESTION_KINDS
@@ -16,6 +16,7 @@ from ..paradigms.masked import MaskedConfig
 from ..paradigms.mmada import MMaDAConfig
 from ..paradigms.sampling import MAX_GUIDANCE
 from ..tokenizers.train_image import TokenizerTrainConfig
+from ..utils.config import check_limits
 
 PRECISIONS = ("fp32", "bf16")   # sampling precisions: eval.precision, Pipeline.load(precision=)
 
@@ -44,7 +45,12 @@ class DataConfig:
     # that sees the source and its own instruction (ShapesWorld, paradigm "ar").
     edit_turns: int = 1
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"text_vocab_size": (1, 1048576), "text_corpus": (1, 10000000),
+                              "vqa_turns": (1, 64), "edit_turns": (1, 64)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         if self.vqa_turns < 1:
             raise ValueError(f"vqa_turns must be >= 1, got {self.vqa_turns}")
         if self.edit_turns < 1:
@@ -115,7 +121,15 @@ class TrainConfig:
     # continued stage can read examples its earlier stages never saw (each starts at step 0).
     data_offset: int = 0
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"batch_size": (1, 1048576), "warmup_steps": (0, 1000000000),
+                              "max_steps": (1, 1000000000), "minutes": (0, 10000000),
+                              "eval_every": (0, 1000000000), "ckpt_every": (1, 1000000000),
+                              "log_every": (1, 1000000000), "threads": (0, 1024),
+                              "length_groups": (1, 1048576)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         if self.batch_size < 1 or self.max_steps < 1 or self.lr <= 0:
             raise ValueError("batch_size, max_steps and lr must be positive")
         if not 0 <= self.data_offset <= 900_000_000:
@@ -156,7 +170,14 @@ class EvalConfig:
     # library then computes in bf16: model/decode.py); outputs may differ from fp32.
     precision: Literal["fp32", "bf16"] = "fp32"
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"n_vqa": (0, 1000000), "n_caption": (0, 1000000),
+                              "n_t2i": (0, 1000000), "n_geneval": (0, 100000),
+                              "n_edit": (0, 1000000), "n_holdout": (0, 1000000),
+                              "n_digits": (0, 1000000)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         for name in ("guidance", "edit_guidance"):
             g = getattr(self, name)
             if g is not None and not 0 <= g <= MAX_GUIDANCE:

@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -47,10 +47,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..model.backbone import Backbone, BackboneConfig
-from ..model.vit import (ENCODER_CONFIG, ENCODER_FORMAT, ENCODER_VERSION, ENCODER_WEIGHTS,
-                         ViT, ViTConfig)
+from ..model.vit import (
+    ENCODER_CONFIG,
+    ENCODER_FORMAT,
+    ENCODER_VERSION,
+    ENCODER_WEIGHTS,
+    ViT,
+    ViTConfig,
+)
 from ..tokenizers.text import TextTokenizer
-from ..utils.config import to_dict
+from ..utils.config import check_limits, to_dict
 from ..utils.io import write_json
 
 
@@ -63,7 +69,13 @@ class TextTowerConfig:
     vocab_size: int = 512          # BPE fitted on `corpus` train captions (saturates ~510)
     corpus: int = 3000
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"dim": (1, 16384), "n_layers": (1, 512), "n_heads": (1, 1024),
+                              "max_len": (1, 131072), "vocab_size": (1, 1048576),
+                              "corpus": (1, 10000000)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         for name in ("dim", "n_layers", "n_heads", "max_len", "corpus"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -89,7 +101,13 @@ class ContrastiveConfig:
     threads: int = 0               # torch threads; 0 leaves the default
     seed: int = 0
 
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"steps": (0, 100000000), "batch_size": (1, 1048576),
+                              "warmup_steps": (0, 100000000), "val_scenes": (1, 1000000),
+                              "eval_every": (1, 100000000), "threads": (0, 1024)}
+
     def __post_init__(self):
+        check_limits(self, self.LIMITS)
         for name in ("steps", "batch_size", "eval_every", "val_scenes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -1,7 +1,8 @@
 """A run folder and how its parts are built or loaded (shared by training and Pipeline.load).
 
     run_dir/
-      config.json          the resolved RunConfig (+ vocabulary sizes); reloads the run exactly
+      config.json          the resolved RunConfig (+ vocabulary sizes, the sha256 of
+                           model.safetensors, verified on load); reloads the run exactly
       tokenizer/image/     image tokenizer (safetensors + json)
       tokenizer/text/      byte-level BPE (json)
       model.safetensors    weights to serve (EMA weights when EMA is on)
@@ -11,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +25,14 @@ from ..paradigms.sequence import Vocab
 from ..tokenizers.image import ImageTokenizer, load_image_tokenizer
 from ..tokenizers.text import TextTokenizer
 from ..utils.config import ConfigError, from_dict, to_dict
-from ..utils.io import write_json
+from ..utils.io import read_json, write_json
+from .checkpoint import find_checkpoint, load_weights, save_weights, weights_sha256
 from .config import RunConfig
 from .data import make_source, text_corpus
 
 RUN_FORMAT = "unimm.run"
 RUN_VERSION = 1
+WEIGHTS = "model.safetensors"
 
 
 class RunError(ValueError):
@@ -105,10 +107,32 @@ def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
     return Parts(cfg, vocab, text_tok, image_tok, model, paradigm)
 
 
-def save_config(cfg: RunConfig, vocab: Vocab, run_dir: Path) -> None:
-    write_json(run_dir / "config.json", {
-        "format": RUN_FORMAT, "version": RUN_VERSION, "config": to_dict(cfg),
-        "vocab": {"n_text": vocab.n_text, "n_codes": vocab.n_codes, "grid": list(vocab.grid)}})
+def save_config(cfg: RunConfig, vocab: Vocab, run_dir: Path,
+                weights: dict[str, str] | None = None) -> None:
+    """config.json; `weights`: file name -> sha256 of the run's weights (save_run_weights)."""
+    d = {"format": RUN_FORMAT, "version": RUN_VERSION, "config": to_dict(cfg),
+         "vocab": {"n_text": vocab.n_text, "n_codes": vocab.n_codes, "grid": list(vocab.grid)}}
+    if weights:
+        d["weights"] = dict(weights)
+    write_json(run_dir / "config.json", d)
+
+
+def save_run_weights(parts: Parts, model, run_dir: Path) -> None:
+    """Write model.safetensors, then record its sha256 in config.json (each file atomically;
+    a kill between the two leaves a mismatch that loading reports, and a resumed run mends)."""
+    sha = save_weights(model, Path(run_dir) / WEIGHTS)
+    save_config(parts.cfg, parts.vocab, Path(run_dir), {WEIGHTS: sha})
+
+
+def recorded_weights(run_dir: Path) -> dict[str, str]:
+    """File name -> sha256 that config.json records ({} for a run saved before runs recorded
+    checksums, which loads unverified, or for a folder without a readable config)."""
+    try:
+        d = read_json(Path(run_dir) / "config.json")
+    except ValueError:
+        return {}
+    w = d.get("weights") if isinstance(d, dict) else None
+    return {k: v for k, v in w.items() if isinstance(v, str)} if isinstance(w, dict) else {}
 
 
 def load_config(run_dir: Path) -> RunConfig:
@@ -116,8 +140,8 @@ def load_config(run_dir: Path) -> RunConfig:
     if not p.is_file():
         raise RunError(f"{run_dir} is not a unimm run: no config.json")
     try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
+        d = read_json(p)
+    except ValueError as e:
         raise RunError(f"{p} is not valid JSON ({e})") from None
     if not isinstance(d, dict) or d.get("format") != RUN_FORMAT:
         raise RunError(f"{p} is not a unimm run config (format tag missing)")
@@ -126,7 +150,6 @@ def load_config(run_dir: Path) -> RunConfig:
 
 def load_run(run_dir, device="cpu") -> Parts:
     """Rebuild a saved run for inference (weights: model.safetensors, else the checkpoint)."""
-    from .checkpoint import find_checkpoint, load_weights
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     try:
@@ -135,13 +158,16 @@ def load_run(run_dir, device="cpu") -> Parts:
     except (OSError, ValueError) as e:
         raise RunError(f"{run_dir}: cannot load the tokenizers ({e})") from None
     parts = build_parts(cfg, text_tok, image_tok)
-    w = run_dir / "model.safetensors"
-    if not w.is_file():
+    w = run_dir / WEIGHTS
+    if w.is_file():
+        sha = recorded_weights(run_dir).get(WEIGHTS)
+    else:
         ck = find_checkpoint(run_dir / "ckpt")
         if ck is None:
             raise RunError(f"{run_dir} has no weights (model.safetensors or ckpt/)")
-        w = ck / ("ema.safetensors" if (ck / "ema.safetensors").is_file() else "model.safetensors")
-    load_weights(parts.model, w)
+        w = ck / ("ema.safetensors" if (ck / "ema.safetensors").is_file() else WEIGHTS)
+        sha = weights_sha256(ck, w.name)
+    load_weights(parts.model, w, sha256=sha)
     parts.model.to(device).eval()
     image_tok.to(device).eval()
     return parts

@@ -13,7 +13,6 @@ import copy
 import csv
 import io
 import math
-import os
 import time
 from pathlib import Path
 
@@ -23,10 +22,17 @@ from tqdm import tqdm
 from ..paradigms.sequence import split_by_length
 from ..utils.io import write_text
 from ..utils.plot import curves
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import find_checkpoint, load_checkpoint, remove_stale, save_checkpoint
 from .config import RunConfig
 from .data import Encoder, TaskStream, make_source
-from .run import build_parts, prepare_tokenizers, resolve_device, save_config
+from .run import (
+    build_parts,
+    prepare_tokenizers,
+    recorded_weights,
+    resolve_device,
+    save_config,
+    save_run_weights,
+)
 
 
 def lr_at(step: int, cfg, max_steps: int, time_frac: float | None = None) -> float:
@@ -57,13 +63,15 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for p in remove_stale(self.run_dir):        # what a killed write left behind
+            tqdm.write(f"removed {p} (left by an interrupted write)")
         text_tok, image_tok = prepare_tokenizers(cfg, self.run_dir)
         torch.manual_seed(tc.seed)         # after tokenizer training: init depends on seed only
         self.parts = build_parts(cfg, text_tok, image_tok)
         self.parts.paradigm.init_pretrained(self.parts.model)
         if tc.init_from and find_checkpoint(self.run_dir / "ckpt") is None:
             self._warm_start(Path(tc.init_from))      # (resume() loads the checkpoint instead)
-        save_config(cfg, self.parts.vocab, self.run_dir)
+        save_config(cfg, self.parts.vocab, self.run_dir, recorded_weights(self.run_dir))
         self.model = self.parts.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval() if tc.ema > 0 else None
         self.opt = _optimizer(self.model, tc)
@@ -104,8 +112,7 @@ class Trainer:
         save_checkpoint(self.run_dir / "ckpt", self.model, self.opt, self.ema,
                         {"step": self.step, "max_steps": self.max_steps, "elapsed": self.elapsed,
                          "horizon_fixed": self.horizon_fixed, "history": self.history})
-        save_weights(self.ema or self.model, self.run_dir / ".model.tmp.safetensors")
-        os.replace(self.run_dir / ".model.tmp.safetensors", self.run_dir / "model.safetensors")
+        save_run_weights(self.parts, self.ema or self.model, self.run_dir)
         self._write_logs()
 
     def _write_logs(self) -> None:

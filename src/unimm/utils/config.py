@@ -91,6 +91,16 @@ def _coerce(value: Any, tp, where: str):
     return value
 
 
+def check_limits(obj, limits: dict[str, tuple[float, float]]) -> None:
+    """ValueError naming the field, its value and the accepted range for any field of `obj`
+    outside its limits (None fields are not checked: they are resolved later). Configs call
+    it first in __post_init__, so sizes are checked before anything is allocated."""
+    for name, (lo, hi) in limits.items():
+        x = getattr(obj, name)
+        if x is not None and not lo <= x <= hi:
+            raise ValueError(f"{name} = {x!r} is out of range; accepted: {lo} to {hi}")
+
+
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass `cls` from `data`, strictly."""
     hints = typing.get_type_hints(cls)
@@ -124,6 +134,8 @@ def _parse_value(text: str):
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text                        # bare strings: --set paradigm=masked
+    except RecursionError:
+        raise ConfigError(f"override value {text[:40]!r}...: nested too deeply") from None
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
@@ -159,4 +171,8 @@ def load_config(cls: type[T], path: str | Path | None = None,
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: not valid TOML ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: nested too deeply to read") from None
     return from_dict(cls, apply_overrides(data, overrides))
