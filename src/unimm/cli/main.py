@@ -1,6 +1,7 @@
 """`unimm` command line: thin adapters over the Python API.
 
-User errors (bad images, configs, manifests, options) print one clear line and exit with 2;
+User errors (bad images, configs, manifests, options, and usage errors such as an unknown
+option or a value of the wrong type) print one line, `unimm: error: ...`, and exit with 2;
 set UNIMM_DEBUG=1 to see tracebacks.
 """
 
@@ -146,7 +147,7 @@ def judge_cmd(
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="A TOML run config (see configs/)."),
-    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget (overrides train.minutes)."),
+    minutes: Optional[float] = typer.Option(None, min=0, help="Wall-clock budget (overrides train.minutes)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train.lr=1e-3"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Run folder (default runs/<name>)."),
     fresh: bool = typer.Option(False, "--fresh", help="Refuse to resume: the run folder must be new."),
@@ -186,7 +187,7 @@ def _check_resume_config(run_dir: Path, cfg) -> None:
 def train_tokenizer_cmd(
     config: Path = typer.Argument(..., help="A TOML tokenizer config (e.g. configs/tokenizer.toml)."),
     out: Path = typer.Option(Path("runs/tokenizer"), "-o", "--out"),
-    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget."),
+    minutes: Optional[float] = typer.Option(None, min=0, help="Wall-clock budget."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key."),
     dataset: str = typer.Option("shapes", help="shapes | digits"),
 ):
@@ -202,7 +203,7 @@ def train_tokenizer_cmd(
 def train_encoder_cmd(
     config: Path = typer.Argument(..., help="A TOML encoder config (e.g. configs/encoder.toml)."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder to create (new or empty)."),
-    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget (overrides minutes)."),
+    minutes: Optional[float] = typer.Option(None, min=0, help="Wall-clock budget (overrides minutes)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set lr=1e-3"),
 ):
     """Train the semantic image encoder contrastively (for paradigm=decoupled); writes it and
@@ -580,19 +581,47 @@ def demo_cmd(
     typer.echo(f"wrote {report}")
 
 
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    # click's usage errors; typer >= 0.2x vendors click and raises its own (TyperException)
+    errors = [getattr(typer, "TyperException", None)]
+    try:
+        import click
+        errors.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(e for e in errors if e is not None)
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command = typer.main.get_command(app)
     try:
-        app()
+        rc = command.main(args=sys.argv[1:], prog_name="unimm", standalone_mode=False)
+    except _usage_errors() as e:                         # options, arguments, their values
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":      # `unimm` or `unimm data` alone
+            typer.echo(ctx.get_help() if ctx else "")
+            sys.exit(0)
+        where = ctx.command_path if ctx else "unimm"
+        msg = e.format_message() if hasattr(e, "format_message") else str(e)
+        _fail(f"{msg} (see `{where} --help`)")
+    except typer.Abort:
+        typer.echo("unimm: interrupted", err=True)
+        sys.exit(130)
     except _user_errors() as e:
         if os.environ.get("UNIMM_DEBUG"):
             raise
-        msg = str(e) or type(e).__name__
-        typer.echo(f"unimm: error: {msg}", err=True)
-        sys.exit(2)
+        _fail(str(e) or type(e).__name__)
     except KeyboardInterrupt:
         typer.echo("unimm: interrupted", err=True)
         sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, exit status 2 (the message's own line breaks are flattened)."""
+    typer.echo("unimm: error: " + " ".join(message.split()), err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
