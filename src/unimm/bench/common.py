@@ -7,39 +7,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-
-def conditions() -> dict:
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float("nan"),) * 3
-    import torch
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "loadavg_1_5_15": [round(x, 2) for x in load],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def describe(start: dict, end: dict) -> str:
-    """One line for a results file: machine, cores, load at start and end, torch, date."""
-    return (f"{start['machine']}, {start['cpu_count']} cores, load {start['loadavg_1_5_15']} at "
-            f"start, {end['loadavg_1_5_15']} at end, torch {start['torch']}, {start['date']}")
+from ..utils.machine import conditions, describe  # noqa: F401 - the benches' import of them
 
 
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:

@@ -320,10 +320,10 @@ def _run_eval(run_dir: Path, split: str, quick: bool, out: Path, compile: bool =
     from rich.console import Console
     from rich.table import Table
 
-    from ..bench.common import conditions
     from ..eval.evaluate import evaluate
     from ..pipeline import Pipeline
     from ..utils.io import write_json
+    from ..utils.machine import conditions
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {split!r}")
     pipe = Pipeline.load(run_dir, compile=compile, precision=precision)
