@@ -103,7 +103,7 @@ def test_work_recorder_counts_products_and_attention_reads():
     import torch.nn.functional as F
 
     from unimm.bench.peer_janus import record_work
-    from unimm.bench.speed import gemm_seconds
+    from unimm.bench.machine import gemm_seconds
     from unimm.model import layers
     w = torch.randn(48, 32)
     q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)

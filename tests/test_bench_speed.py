@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from unimm.bench.speed import (bandwidth_use, decode_step_bytes, kv_bytes_per_position,
-                               markdown)
+from unimm.bench.machine import bandwidth_use, decode_step_bytes, kv_bytes_per_position
+from unimm.bench.speed_report import markdown
 
 
 def _speed(*args, timeout=600):

@@ -89,10 +89,30 @@ class Pipeline:
             pipe.model.compile_decode()
         return pipe
 
+    # ---- what the model is (for adapters: a server's model id, health, image rules) ----------
+    @property
+    def name(self) -> str:
+        """The run's name (config `name`)."""
+        return self.cfg.name
+
+    @property
+    def paradigm_name(self) -> str:
+        """The paradigm's key in `PARADIGMS` (config `paradigm`)."""
+        return self.cfg.paradigm
+
+    @property
+    def accepts_gray(self) -> bool:
+        """Whether input images may be grayscale (the world draws in gray)."""
+        return self.cfg.data.dataset == "digits"
+
+    @property
+    def image_tokens(self) -> int:
+        """Context positions one input image takes (part of a question's prompt length)."""
+        return self.vocab.n_image
+
     # ---- validation --------------------------------------------------------------------------
     def _image(self, x, what: str = "image") -> np.ndarray:
-        gray = self.cfg.data.dataset == "digits"
-        img = load_image(x, what=what, allow_gray=gray)
+        img = load_image(x, what=what, allow_gray=self.accepts_gray)
         if img.shape[:2] != (self.image_size, self.image_size):
             raise ImageError(f"{what}: this model reads {self.image_size}x{self.image_size} "
                              f"images, got {img.shape[1]}x{img.shape[0]}")

@@ -1,62 +1,23 @@
-"""Benchmark protocol shared by every `unimm bench`: warm-up, repeated timed runs, median and
-spread, the conditions (threads, load, machine) recorded next to the numbers, and running one
-measurement in a fresh interpreter (`in_child`, `python -m unimm.bench.common spec.json`)."""
+"""Running one measurement in a fresh interpreter, as every multi-process `unimm bench` does
+(`in_child`, `python -m unimm.bench.common spec.json`): no shared heap, allocator cache or
+thread pool between measurements, and the child's thread count set before torch starts.
+
+The rest of the protocol lives beside it: bench/timing.py (warm-up, repeated timed runs,
+median and spread, peak memory), bench/machine.py (what the machine can do, measured) and
+utils/machine.py (the conditions recorded next to every number, thread set-up).
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-
-def conditions() -> dict:
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float("nan"),) * 3
-    import torch
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "loadavg_1_5_15": [round(x, 2) for x in load],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def describe(start: dict, end: dict) -> str:
-    """One line for a results file: machine, cores, load at start and end, torch, date."""
-    return (f"{start['machine']}, {start['cpu_count']} cores, load {start['loadavg_1_5_15']} at "
-            f"start, {end['loadavg_1_5_15']} at end, torch {start['torch']}, {start['date']}")
-
-
-def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
-    """Run fn() warmup + repeats times; return median/min/max wall seconds of the timed runs,
-    the raw times, and the median CPU seconds of this process (less sensitive than wall time
-    to other jobs on a shared machine; equal to wall time for a single-threaded job that
-    never waits)."""
-    for _ in range(warmup):
-        fn()
-    ts, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        ts.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-            "repeats": repeats, "times_s": ts, "cpu_median_s": statistics.median(cpu)}
+from ..utils.machine import thread_env, use_threads
 
 
 def import_target(target: str):
@@ -74,7 +35,7 @@ def in_child(target: str, spec: dict, work: Path, label: str) -> dict:
     path = Path(path)
     out = path.with_suffix(".out.json")
     path.write_text(json.dumps({"target": target, "spec": spec, "out": str(out)}))
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "TQDM_DISABLE": "1"}
+    env = thread_env(spec["threads"], TQDM_DISABLE="1")
     print(f"$ python -m unimm.bench.common  # {label}", flush=True)
     r = subprocess.run([sys.executable, "-m", "unimm.bench.common", str(path)], env=env,
                        stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
@@ -85,9 +46,8 @@ def in_child(target: str, spec: dict, work: Path, label: str) -> dict:
 
 
 def _child_main(spec_path: str) -> None:
-    import torch
     job = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(job["spec"]["threads"])
+    use_threads(job["spec"]["threads"])
     row = import_target(job["target"])(job["spec"])
     Path(job["out"]).write_text(json.dumps(row))
 

@@ -32,7 +32,7 @@ from ..eval.geneval import prompt_suite
 from ..eval.judge import judge_batch
 from ..paradigms.sampling import SamplingConfig
 from ..utils.config import ConfigError, _parse_value, from_dict, to_dict
-from .common import conditions
+from ..utils.machine import conditions
 
 SETTINGS = [  # (guidance, temperature, top_k, top_p)
     (1.0, 0.0, 0, 1.0), (1.5, 0.0, 0, 1.0), (3.0, 0.0, 0, 1.0),

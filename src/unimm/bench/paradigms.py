@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from .common import conditions, timeit
+from ..utils.machine import conditions
+from .timing import timeit
 
 COLUMNS = [  # (key in a row, header, format)
     ("paradigm", "paradigm", "{}"), ("params_m", "params (M)", "{:.2f}"),

@@ -16,7 +16,7 @@ answers are identical before it reports any ratio (a ratio of different work mea
 
 Each row also gives its compute floor: the job's matmul FLOPs (counted once in our eager process
 with torch.utils.flop_counter; Janus does at least as many: it has no last-token-only prompt
-fill) at the best fp32 matmul rate measured in our processes (bench.speed.matmul_peak). Janus's
+fill) at the best fp32 matmul rate measured in our processes (bench.machine.matmul_peak). Janus's
 time over that floor bounds how many times faster any implementation of the same fp32 work can
 be on this machine. Next to it, the job's machine floor (`machine_floor`): its products at the
 fastest rate measured on this machine for each of their shapes (small-row products run well
@@ -44,10 +44,11 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .common import conditions, timeit
+from ..utils.machine import conditions
 from .common import in_child
+from .machine import gemm_seconds, matmul_peak, read_bandwidth
 from .peers import pooled, ratio_row
-from .speed import gemm_seconds, matmul_peak, read_bandwidth
+from .timing import timeit
 
 QUICK_SET = ["model.dim=32", "model.n_layers=1", "model.n_heads=4", "model.rope_sections=[4,0,0]"]
 

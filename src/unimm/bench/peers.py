@@ -23,7 +23,7 @@ Notable choices:
 - Each implementation runs in its own process (bench.common.in_child), so neither inherits
   the other's heap, allocator cache or thread pool; threads are set explicitly in every
   process and the load average is recorded in every process.
-- Protocol as in bench/common.py: warm-up (2 training steps: the first builds AdamW's state),
+- Protocol as in bench/timing.py: warm-up (2 training steps: the first builds AdamW's state),
   then >= 5 timed repeats (`--repeats`; `--quick` smoke runs use 1), median with min-max.
   Training ratios sit near 1, where the drift of a shared machine between two processes
   minutes apart is as large as the difference: each implementation runs in `--rounds`
@@ -52,7 +52,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import conditions, describe, import_target, in_child, timeit
+from ..utils.machine import conditions, describe, use_threads
+from .common import import_target, in_child
+from .timing import timeit
 
 # name -> "module:function"; the function takes the job spec (quick, repeats, threads, work)
 PEERS: dict[str, str] = {
@@ -454,7 +456,7 @@ def bench_peers(names: list[str], out_dir: Path, quick: bool = False, repeats: i
         raise ValueError(f"threads, repeats and rounds must be >= 1, got {threads}, {repeats} "
                          f"and {rounds}")
     repeats, rounds = (1, 1) if quick else (repeats, rounds)
-    torch.set_num_threads(threads)
+    use_threads(threads)
     start = conditions()
     jobs = {}
     with tempfile.TemporaryDirectory(prefix="unimm-peers-") as tmp:

@@ -7,12 +7,12 @@ import numpy as np
 from ..data.shapes import render, scene_from_seed
 from ..data.splits import ShapesWorld
 from ..eval.judge import judge, judge_batch
-from .common import conditions, timeit
+from ..utils.machine import conditions, use_threads
+from .timing import timeit
 
 
 def bench_world(n: int = 20000, repeats: int = 5, image_size: int = 32) -> dict:
-    import torch
-    torch.set_num_threads(1)
+    use_threads(1)
     out = {"conditions": conditions(), "n": n, "image_size": image_size}
 
     def scenes():

@@ -320,10 +320,10 @@ def _run_eval(run_dir: Path, split: str, quick: bool, out: Path, compile: bool =
     from rich.console import Console
     from rich.table import Table
 
-    from ..bench.common import conditions
     from ..eval.evaluate import evaluate
     from ..pipeline import Pipeline
     from ..utils.io import write_json
+    from ..utils.machine import conditions
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {split!r}")
     pipe = Pipeline.load(run_dir, compile=compile, precision=precision)
@@ -557,7 +557,7 @@ def bench_serve_cmd(
 ):
     """Load check: N concurrent loopback clients for T seconds per kind of request; requests/s,
     p50/p99 latency, errors, 503s, the server's peak memory, and batched vs one-at-a-time."""
-    from ..serve.load import bench_serve, markdown
+    from ..bench.serve_load import bench_serve, markdown
     from ..utils.io import write_json
     r = bench_serve(run, url, clients, seconds, [k.strip() for k in kinds.split(",") if k.strip()],
                     [m.strip() for m in modes.split(",") if m.strip()], threads)

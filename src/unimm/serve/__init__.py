@@ -3,7 +3,7 @@
     from unimm.serve import ServeSettings, create_app
     app = create_app(Pipeline.load(), ServeSettings())     # any ASGI server runs it
 
-`unimm serve` runs it with uvicorn; `unimm bench serve` is the load check.
+`unimm serve` runs it with uvicorn; `unimm bench serve` (bench/serve_load.py) is the load check.
 """
 
 from .settings import ServeSettings

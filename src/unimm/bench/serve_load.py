@@ -3,7 +3,8 @@ loopback; requests/s, p50/p99 latency, errors, deliberate 503s, the server's pea
 dynamic batching against one-at-a-time (the same server with max_batch 1).
 
 Bounded by construction: at most 256 clients and 600 s per measurement (CLI), loopback only
-(a URL elsewhere is refused), and one started server at a time, stopped with SIGTERM (graceful).
+(a URL elsewhere is refused), and one started server at a time, stopped with SIGINT (uvicorn's
+graceful shutdown).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +20,9 @@ import time
 from urllib.parse import urlparse
 
 import numpy as np
+
+from ..utils.machine import conditions, thread_env
+from .timing import peak_rss_mb
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 KINDS = ("generate", "chat", "edit")
@@ -109,16 +112,6 @@ def _wait_healthy(base: str, proc, limit_s: float = 120) -> dict:
     raise RuntimeError(f"no server answered at {base} within {limit_s:.0f} s")
 
 
-def _peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
-
-
 def start_server(run, max_batch: int, clients: int, threads: int):
     port = _free_port()
     cmd = [sys.executable, "-m", "unimm.cli.main", "serve", "--port", str(port),
@@ -126,7 +119,7 @@ def start_server(run, max_batch: int, clients: int, threads: int):
            "--timeout", "120"]
     if run is not None:
         cmd += ["--run", str(run)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    env = thread_env(threads, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -148,7 +141,8 @@ def bench_serve(run, url, clients: int, seconds: float, kinds: list[str], modes:
     if bad or not kinds:
         raise ValueError(f"unknown kind(s)/mode(s) {bad}; kinds: {', '.join(KINDS)}; "
                          f"modes: {', '.join(MODES)}")
-    result = {"clients": clients, "seconds": seconds, "threads": threads, "modes": {}}
+    result = {"clients": clients, "seconds": seconds, "threads": threads, "modes": {},
+              "conditions": conditions()}
     if url is not None:
         if urlparse(url).hostname not in LOOPBACK:
             raise ValueError(f"--url {url}: the load check runs on loopback only "
@@ -166,7 +160,7 @@ def bench_serve(run, url, clients: int, seconds: float, kinds: list[str], modes:
             reqs = _requests(health["image_size"])
             rows = [asyncio.run(_load(base, k, reqs[k], clients, seconds)) for k in kinds]
             result["modes"][mode] = {"max_batch": MODES[mode], "rows": rows,
-                                     "server_peak_rss_mb": _peak_rss_mb(proc.pid)}
+                                     "server_peak_rss_mb": peak_rss_mb(proc.pid)}
         finally:
             stop_server(proc)
     if "batched" in result["modes"] and "single" in result["modes"]:
