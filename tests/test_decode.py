@@ -1,4 +1,4 @@
-"""Fixed-shape decoding steps (model/decode.py): the written-out step equals the eager step
+"""Fixed-shape decoding steps (fast/decode.py): the written-out step equals the eager step
 (plain, grouped-query and QK-norm attention, Janus-style code MLPs), and compiled decoding gives
 the same greedy images and answers as eager decoding. Tiny models, tokens only."""
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from unimm.model.backbone import BackboneConfig
-from unimm.model import kernels
-from unimm.model.decode import static_fill, static_step, step_attention, step_bias
+from unimm.fast import kernels
+from unimm.fast.decode import static_fill, static_step, step_attention, step_bias
 from unimm.model.unified import TokenModel
 from unimm.paradigms.ar import Autoregressive
 from unimm.paradigms.base import Turn
@@ -90,7 +90,7 @@ def test_static_step_equals_eager_step(kw, native):
 @pytest.mark.skipif(not COMPILER, reason="the native kernel needs a C++ compiler")
 @pytest.mark.parametrize("e", [8, 16, 24, 32, 64])
 def test_native_decode_attention_equals_the_written_out_attention(e):
-    """unimm::decode_attention (model/csrc) against step_attention: head sizes below, at and
+    """unimm::decode_attention (fast/csrc) against step_attention: head sizes below, at and
     above the vector width and between its multiples, grouped queries, masked slots at both
     ends, a row whose cached slots are all masked (only the new token), inputs that are not
     contiguous; clear errors for other dtypes and mismatched shapes."""
@@ -160,7 +160,7 @@ def test_the_native_kernel_loads_from_the_cache_past_a_killed_builds_lock(tmp_pa
     old = time.time() - kernels.STALE_LOCK_S - 60
     os.utime(build / "lock", (old, old))
     code = ("import torch, warnings; warnings.simplefilter('error');"
-            "from unimm.model import kernels; op = kernels.decode_attention();"
+            "from unimm.fast import kernels; op = kernels.decode_attention();"
             "q = torch.ones(1, 1, 1, 8); kv = torch.ones(1, 1, 3, 8);"
             "print(op(q, kv, kv, torch.zeros(1, 3), q, q, 0.5).sum().item())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -210,7 +210,7 @@ def test_compiled_decoding_under_autocast_runs_a_bf16_library():
     """eval.precision = "bf16" with compiled decoding: the step library is traced from a copy
     of the weights in bf16 (the model keeps its float32 weights) and computes what that copy
     computes eagerly, up to bf16 rounding."""
-    from unimm.model.decode import DecodeStep
+    from unimm.fast.decode import DecodeStep
     m = model(code_mlp=24)
     lo, hi = V.code_start, V.size
     step = DecodeStep(m)
@@ -349,7 +349,7 @@ def test_aoti_steps_read_a_growing_window_and_see_eager_writes():
     """AOTInductor steps read a window of the cache's first slots that grows every WINDOW
     steps; each step equals the eager one across window boundaries, and an eager write into
     the cache (here: the last slot rewritten) reaches the next compiled step."""
-    from unimm.model.decode import WINDOW
+    from unimm.fast.decode import WINDOW
     m = model()
     lo, hi = V.code_start, V.size
     with torch.inference_mode():
@@ -463,7 +463,7 @@ def test_loaded_step_libraries_are_called_through_their_loader():
     per-call spec parsing), returning a tuple; without one, the package itself."""
     from types import SimpleNamespace
 
-    from unimm.model.decode import _direct
+    from unimm.fast.decode import _direct
     seen = []
     pkg = SimpleNamespace(loader=SimpleNamespace(
         boxed_run=lambda xs: seen.append(len(xs)) or [x * 2 for x in xs]))

@@ -25,7 +25,7 @@ the measured streaming read bandwidth; what the job would take on these kernels 
 else cost anything.
 
 Our side runs twice: eagerly, and (`compile`, default on except in quick runs) with compiled
-decoding steps (`TokenModel.compile_decode`, model/decode.py: AOTInductor, no per-call guards),
+decoding steps (`TokenModel.compile_decode`, fast/decode.py: AOTInductor, no per-call guards),
 whose compiles happen in the warm-up; both are compared with the same transformers run.
 
 Spec keys (all optional): config, quick (a tiny shape and fewer prompts, for the CI smoke test),

@@ -533,7 +533,7 @@ def measure(spec: dict) -> dict:
             row["generation_bf16"] = measure_generation(parts, model, dev, t2i, sampling,
                                                         repeats, warmup)
     if spec.get("compile") and isinstance(parts.paradigm, Autoregressive):
-        # the same timings with compiled decoding steps (model/decode.py); compiles happen in
+        # the same timings with compiled decoding steps (fast/decode.py); compiles happen in
         # the warm-up runs, one per (rows, cache capacity)
         model.compile_decode()
         with torch.no_grad():
@@ -726,7 +726,7 @@ def markdown(result: dict) -> str:
                            for r, b in bw for k in r["generation"]["runs"]]))
     comp = [r for r in rows if r.get("generation_compiled")]
     if comp:
-        out.append("\n### Compiled decoding steps (`TokenModel.compile_decode`, model/decode.py)"
+        out.append("\n### Compiled decoding steps (`TokenModel.compile_decode`, fast/decode.py)"
                    "\n\nThe same timings with each one-token step compiled once per shape "
                    "by AOTInductor (compiles in the warm-up); speed-up = eager time / compiled "
                    "time; step and floor as above.\n\n")

@@ -82,7 +82,7 @@ class KVCache:
     k: Tensor  # (l, b, g, m, e)
     v: Tensor  # (l, b, g, m, e)
     length: int = 0  # slots [0, length) hold keys/values written by earlier calls
-    # Compiled decoding steps (model/decode.py) work on a compact copy of the first w slots,
+    # Compiled decoding steps (fast/decode.py) work on a compact copy of the first w slots,
     # (k, v) each (l, b, g, w, e), instead of the whole capacity, and write their new slots only
     # there: slots [pending, length) are then newer in the window than in k, v. `flush` copies
     # them back in one block (a scattered write into the whole cache every step cost more than

@@ -183,7 +183,7 @@ class TokenModel(nn.Module):
         return self.logits(self.hidden(tokens, pos, mask))
 
     def compile_decode(self, on: bool = True, backend: str = "aoti") -> None:
-        """Run `decode_logits` through a compiled fixed-shape step (model/decode.py; the first
+        """Run `decode_logits` through a compiled fixed-shape step (fast/decode.py; the first
         step of each new shape pays the compile), or eagerly again (on=False).
         backend: "aoti" (AOTInductor, no per-call guards; per vocabulary slice one library
         for up to 8 rows and one for 9 to 256, any cache capacity) or "inductor"
@@ -191,7 +191,7 @@ class TokenModel(nn.Module):
         before decoding (the backbone over a prompt from cache slot 0, last token out) run
         through a compiled library as well (`DecodeStep.fill`: float32 on a CPU; one library,
         rows and tokens dynamic)."""
-        from unimm.model.decode import DecodeStep
+        from unimm.fast.decode import DecodeStep
         step = DecodeStep(self, backend) if on else None
         self.__dict__["_decode"] = step
         self.backbone.__dict__["_fill"] = step      # prompt fills: DecodeStep.fill

@@ -3,7 +3,7 @@ code: the same C++ compiler, torch's headers, the CPU's vector ISA) and kept in 
 cache next to the compiled decoding steps.
 
 One kernel so far: `decode_attention` (csrc/decode_attention.cpp), the attention of a decoding
-step over its key/value window, which the compiled steps (model/decode.py) call instead of the
+step over its key/value window, which the compiled steps (fast/decode.py) call instead of the
 attention inductor generates. Measured at the Janus-compatible shape (32 rows, 6 heads of 32,
 64 slots, keys and values in DRAM, 1 thread): 198 us per layer against 295 us (a plain read of
 the same bytes: 161 us).

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unimm.model import kernels
+from unimm.fast import kernels
 from unimm.model.cache import BufferPool, KVCache
 from unimm.model.layers import autocast_dtype
 from unimm.model.rotary import apply_rotary
@@ -115,7 +115,7 @@ def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
     48-112 slots), caches (l, r, g, m, e), [lo, hi) the vocabulary slice to score. Returns
     float32 logits (r, hi - lo) of the next token and the new token's keys / values
     (l, r, g, 1, e). `native`: the attention through the CPU kernel `unimm::decode_attention`
-    (model/kernels.py) where it applies (float32 on a CPU) and builds; else written out here
+    (fast/kernels.py) where it applies (float32 on a CPU) and builds; else written out here
     for the compiler."""
     bb = model.backbone
     cfg = bb.cfg

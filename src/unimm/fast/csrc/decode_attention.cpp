@@ -1,5 +1,5 @@
 // unimm::decode_attention: one new query per row against a read-only key/value cache, for the
-// compiled decoding steps on the CPU (model/kernels.py builds it; model/decode.py calls it).
+// compiled decoding steps on the CPU (fast/kernels.py builds it; fast/decode.py calls it).
 //
 // The same result as decode.static_step's explicit attention, in float32:
 //   s      = q . k_cache[t] * scale + bias[t]      for every cache slot t (bias: 0 or -inf)
