@@ -16,9 +16,7 @@ Notable choices:
 - `mlp_hidden` defaults to 8/3 * dim rounded up to a multiple of 32 (Llama's parameter-matched
   SwiGLU width; 32 keeps bf16 rows a multiple of 64 bytes): dim 64 -> 192, 256 -> 704.
 
-Speed note (forward only, no grad, dim 256, 4 layers, 4 heads, T=128, batch 8, 1 CPU thread,
-AMD EPYC with AVX512-BF16, torch 2.13): fp32 ~83 ms, bf16 autocast ~31 ms (median of 10);
-about 2 N = 6.4 MFLOP per token, i.e. ~80 vs ~215 GFLOP/s.
+Speed figures: docs/fast.md.
 
 Letters: b batch, t query tokens, s key tokens (start + t with a cache), d model dim.
 """
@@ -166,14 +164,13 @@ class Backbone(nn.Module):
             h = fill.fill(x, pos, attn_mask, cache)
             if h is not None:
                 return h
-        rope = self.rotary.forward(pos)  # cos, sin: (b, 1, t, p), shared by all layers
+        rope = self.rotary(pos)  # cos, sin: (b, 1, t, p), shared by all layers
         n = len(self.blocks)
         for layer, block in enumerate(self.blocks):
-            x = block.forward(x, rope, attn_mask, is_causal, cache, layer, start,
-                              last and layer == n - 1)
+            x = block(x, rope, attn_mask, is_causal, cache, layer, start, last and layer == n - 1)
         if cache is not None:
             cache.length = s
-        return self.norm.forward(x)
+        return self.norm(x)
 
     def _check_inputs(self, x: Tensor, pos: Tensor, cache: KVCache | None, start: int) -> None:
         if x.dim() != 3 or x.shape[-1] != self.cfg.dim:
