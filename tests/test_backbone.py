@@ -307,3 +307,38 @@ def test_block_submodules_are_called_as_modules_so_hooks_fire():
         mod, (torch.nn.ModuleList, torch.nn.Linear, torch.nn.Dropout))}
     assert set(seen) == names and len(seen) == len(names)
 
+
+def test_cache_views_copies_and_the_sync_seam():
+    """`rows` is a view (writes land in the cache), `copy_slots` copies every layer's slots
+    between rows, and every method that touches k, v first calls `sync` (where a speed path
+    writes back slots it holds elsewhere)."""
+    from unimm.model.cache import KVCache
+    c = KVCache.empty(2, 3, 1, 6, 4)
+    synced = []
+    c.sync = lambda cache: synced.append(cache)
+    view = c.rows(1, 3)
+    view.update(0, 0, torch.ones(2, 1, 2, 4), torch.full((2, 1, 2, 4), 2.0))
+    assert c.k[0, 1:, :, :2].eq(1).all() and c.k[0, 0].eq(0).all() and view.sync is None
+    c.copy_slots(1, 0, 0, 3, 2)
+    assert torch.equal(c.k[:, 0, :, 3:5], c.k[:, 1, :, :2])
+    assert torch.equal(c.v[:, 0, :, 3:5], c.v[:, 1, :, :2])
+    c.length = 5
+    c.clone(), c.select_rows([0, 0]), c.update(1, 5, torch.zeros(3, 1, 1, 4),
+                                               torch.zeros(3, 1, 1, 4))
+    assert len(synced) == 5 and all(s is c for s in synced)
+
+
+def test_the_core_model_files_hold_no_cpu_speed_paths():
+    """The plain model reads as a transformer: the CPU fast paths (oneDNN's ops, weight version
+    counters, compiler checks, planted attributes, buffer pools) live in unimm.fast, which
+    these files do not import."""
+    import re
+    from pathlib import Path
+
+    import unimm.model
+    root = Path(unimm.model.__file__).parent
+    for name in ("layers.py", "backbone.py", "cache.py", "unified.py"):
+        text = (root / name).read_text()
+        for marker in ("mkldnn", "_version", "is_compiling", "__dict__", "BufferPool"):
+            assert marker not in text, f"{name} holds {marker!r}"
+        assert not re.search(r"^\s*(from|import) unimm\.fast|^\s*from \.\.fast", text, re.M), name

@@ -539,7 +539,7 @@ def measure(spec: dict) -> dict:
         with torch.no_grad():
             comp = measure_generation(parts, model, dev, t2i, sampling, repeats, warmup)
         comp["bandwidth"] = decode_bandwidth(parts, model, t2i, comp, spec["machine"])
-        comp["compile_failed"] = model.__dict__["_decode"].failed
+        comp["compile_failed"] = getattr(model.decoder, "failed", "no fast package")
         if spec.get("bf16"):
             # and under bf16 autocast: the steps' library then computes in bf16
             with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):

@@ -4,8 +4,8 @@ speed paths live in unimm.fast and plug into the seams below.
 
 backbone.py  BackboneConfig, Backbone (forward, new_cache, num_params, flops_per_token)
 layers.py    RMSNorm, Attention, SwiGLU, Block: the one copy of each block
-ops.py       the table of the blocks' operations (linear, swiglu, attention: plain PyTorch);
-             loads unimm.fast
+ops.py       the table of the blocks' operations (linear, swiglu, attention: plain PyTorch)
+             and of the caches' pool factory; loads unimm.fast
 rotary.py    M-RoPE over (seq, row, col) positions; text (t, t, t) and image (t, r, c) helpers
 cache.py     KVCache: preallocated, written at an explicit start, rows selectable
 masks.py     boolean "may attend" builders: causal, span (bidirectional images), padding
@@ -13,9 +13,15 @@ unified.py   TokenModel: token / code embeddings, the backbone, a vocabulary-sli
              one-token decoding (decode_logits)
 vit.py       ViT image encoder (decoupled paradigm, contrastive pre-training)
 
-Seam for unimm.fast (everything works without it, more slowly): ops.py's `linear`,
-`swiglu` and `attention`, replaced by `unimm.fast.install()` with CPU fast paths that fall
-back to the plain functions.
+Seams for unimm.fast (everything works without it, more slowly):
+- ops.py: `linear`, `swiglu`, `attention` and `new_pool`, replaced by `unimm.fast.install()`
+  (CPU fast paths that fall back to the plain functions; sampler caches' memory pools).
+- `TokenModel.decoder` (unified.py) and `Backbone.filler` (backbone.py): a compiled decoding
+  step and prompt fill, declared None and set by `TokenModel.compile_decode`
+  (-> `unimm.fast.compile_decode`).
+- `KVCache.sync` and `KVCache.pool` (cache.py): a speed path that keeps the newest slots
+  elsewhere (the compiled steps' window) writes them back when anything else touches the cache;
+  the memory a pooled cache gives back.
 
 Importing this package installs unimm.fast when it is there and the environment variable
 UNIMM_FAST is not "0" (`ops.load_fast`).

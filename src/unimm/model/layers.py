@@ -13,7 +13,8 @@ Notable choices:
 - The projections and the attention run through the ops table (ops.py: `ops.linear`,
   `ops.swiglu`, `ops.attention`), plain PyTorch unless unimm.fast installed its CPU paths; the
   residual additions are handed to the projection before them (`residual`), so such a path can
-  fuse them into its GEMM.
+  fuse them into its GEMM. The compiled decoding steps (unimm.fast) reuse `Attention.heads`,
+  `Attention.out` and `SwiGLU` rather than writing the block's math again.
 
 Letters: b batch, t query tokens, s key tokens, d model dim, h query heads, g kv heads,
 e head dim, f MLP hidden.

@@ -5,6 +5,8 @@ call time: `linear`, `swiglu` and `attention`. The functions here are the plain 
 (F.linear, SDPA). `unimm.fast.install()` replaces them through `use` with versions that take a
 CPU fast path where one applies (oneDNN's packed GEMMs, blocked bf16 attention) and call these
 otherwise; every replacement computes the same function (tests/test_fast.py compares them).
+`new_pool` is the memory seam: a factory of the pools that samplers' caches take their memory
+from (`Backbone.new_cache(reuse=True)`); None here, so caches are plain zeroed tensors.
 
 `fast` is the speed package that `load_fast` installed when the model package was first
 imported (None with UNIMM_FAST=0 or without unimm.fast); `plain()` runs the plain table for a
@@ -62,7 +64,9 @@ def plain_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_cau
 linear: Callable[..., Tensor] = plain_linear
 swiglu: Callable[[Tensor, Tensor], Tensor] = plain_swiglu
 attention: Callable[..., Tensor] = plain_attention
-PLAIN = {"linear": plain_linear, "swiglu": plain_swiglu, "attention": plain_attention}
+new_pool: Callable[[], object] | None = None
+PLAIN = {"linear": plain_linear, "swiglu": plain_swiglu, "attention": plain_attention,
+         "new_pool": None}
 
 fast: ModuleType | None = None
 
@@ -81,7 +85,7 @@ def use(**table) -> dict:
 def plain() -> Iterator[None]:
     """Inside: the plain operations (for the whole process: meant for measuring, not for
     threads that run the model meanwhile)."""
-    old = use(**PLAIN)
+    old = use(**{k: v for k, v in PLAIN.items() if k != "new_pool"})
     try:
         yield
     finally:
