@@ -19,3 +19,12 @@ def tiny_tokenizer(tmp_path_factory):
     train_image_tokenizer(load_config(RunConfig, "configs/tiny.toml").image_tokenizer, out,
                           progress=False)
     return out
+
+
+@pytest.fixture
+def plain_ops():
+    """The model's plain operations (model/ops.py) for the test, whether or not unimm.fast is
+    installed: core tests check the plain model; tests/test_fast.py checks the fast paths."""
+    from unimm.model import ops
+    with ops.plain():
+        yield

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -11,6 +9,9 @@ from unimm.model import (Backbone, BackboneConfig, and_padding, causal_mask, pos
                          positions_image, span_ids_from_ranges, span_mask)
 from unimm.model.rotary import Rotary, apply_rotary
 from unimm.utils.config import ConfigError, from_dict, to_dict
+
+pytestmark = pytest.mark.usefixtures("plain_ops")    # the plain model (tests/test_fast.py:
+#                                                        the fast paths against it)
 
 TINY = dict(dim=32, n_layers=2, n_heads=2, max_seq_len=64)
 CONFIGS = {
@@ -270,90 +271,6 @@ def test_param_count_and_flops():
     assert m.flops_per_token(128) == 6 * m.num_params() + 12 * L * d * 128
 
 
-@pytest.mark.parametrize("h,g,t,s", [(4, 4, 6, 6), (4, 2, 6, 6), (4, 1, 3, 9), (2, 2, 5, 5)])
-def test_explicit_attention_equals_sdpa_values_and_gradients(h, g, t, s):
-    """The bf16-training path (two matmuls, float32 softmax) computes SDPA's function: outputs
-    and gradients match in float32 for padded/bidirectional masks, causal and GQA; so does
-    `blocked_attention` (its own backward), whole and in pieces."""
-    import torch.nn.functional as F
-    from unimm.model.layers import blocked_attention, explicit_attention
-    torch.manual_seed(0)
-    b, e = 2, 8
-    mask = torch.rand(b, 1, t, s) > 0.4
-    mask[..., torch.arange(t), torch.arange(s - t, s)] = True        # keep the diagonal
-    cases = [(mask, False), (mask[:1], False)] + ([(None, True)] if t == s else [])
-    for m, causal in cases:
-        q, k, v = (torch.randn(b, n, L, e, requires_grad=True)
-                   for n, L in ((h, t), (g, s), (g, s)))
-        ref = F.scaled_dot_product_attention(q, k.repeat_interleave(h // g, 1),
-                                             v.repeat_interleave(h // g, 1), attn_mask=m,
-                                             is_causal=causal)
-        grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v), retain_graph=True)
-        # whole batch, and one sequence at a time (scores over the chunk budget); the blocked
-        # path also in blocks of 2 query rows (causal blocks then read only their keys)
-        runs = [lambda cb=cb: explicit_attention(q, k, v, m, causal, 0.0, chunk_bytes=cb)
-                for cb in (1 << 30, 1)]
-        runs += [lambda bl=bl, pb=pb: blocked_attention(q, k, v, m, causal, bl, pb)
-                 for bl in (64, 2) for pb in (1 << 30, 1)]
-        for run in runs:
-            out = run()
-            assert close(out, ref)
-            grads = torch.autograd.grad(out.square().sum(), (q, k, v))
-            assert all(close(a, c, atol=1e-4) for a, c in zip(grads, grads_ref))
-
-
-def test_blocked_attention_in_bf16_is_as_close_to_float32_as_the_explicit_path():
-    """In bf16 (where training uses it) blocked_attention's values and gradients are as close
-    to the float32 function as explicit_attention's (autograd's), causal and masked, GQA."""
-    import torch.nn.functional as F
-    from unimm.model.layers import blocked_attention, explicit_attention
-    torch.manual_seed(0)
-    b, t, e = 3, 70, 32
-    for h, g in ((6, 6), (6, 2)):
-        q32 = torch.randn(b, h, t, e)
-        k32, v32 = torch.randn(b, g, t, e), torch.randn(b, g, t, e)
-        mask = (torch.rand(b, 1, t, t) > 0.3) | torch.eye(t, dtype=torch.bool)
-        for m, causal in ((None, True), (mask, False)):
-            leaves = [x.clone().requires_grad_() for x in (q32, k32, v32)]
-            ref = F.scaled_dot_product_attention(
-                leaves[0], leaves[1].repeat_interleave(h // g, 1),
-                leaves[2].repeat_interleave(h // g, 1), attn_mask=m, is_causal=causal)
-            up = torch.randn_like(ref)
-            g_ref = torch.autograd.grad(ref, leaves, up)
-            err = {}
-            for name, fn in (("explicit", explicit_attention), ("blocked", blocked_attention)):
-                xs = [x.bfloat16().requires_grad_() for x in (q32, k32, v32)]
-                out = fn(*xs, m, causal, 0.0) if name == "explicit" else fn(*xs, m, causal, 16)
-                grads = torch.autograd.grad(out, xs, up.bfloat16())
-                err[name] = [float((out.detach().float() - ref.detach()).abs().max())] + \
-                    [float((a.float() - c).abs().max()) for a, c in zip(grads, g_ref)]
-            assert all(x <= 2 * y + 1e-2 for x, y in zip(err["blocked"], err["explicit"])), err
-
-
-def test_bf16_training_takes_the_blocked_path_and_stays_finite_on_padded_rows(monkeypatch):
-    """Under bf16 autocast with gradients attention runs as `blocked_attention` (with dropout,
-    `explicit_attention`); a fully masked query row (which the builders never make, but a
-    caller might) still gives finite values and gradients on both."""
-    import unimm.model.layers as layers
-    calls = []
-    for name in ("blocked_attention", "explicit_attention"):
-        fn = getattr(layers, name)
-        monkeypatch.setattr(layers, name, lambda *a, _f=fn, _n=name, **k: (calls.append(_n),
-                                                                          _f(*a, **k))[1])
-    cfg = CONFIGS["gqa_qknorm"]
-    for dropout, path in ((0.0, "blocked_attention"), (0.1, "explicit_attention")):
-        m = make(dataclasses.replace(cfg, dropout=dropout)).train()
-        x = torch.randn(2, 5, cfg.dim, requires_grad=True)
-        mask = torch.ones(2, 5, 5, dtype=torch.bool).tril()
-        mask[1, 4] = False                                              # one empty row
-        calls.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = m(x, positions_1d(2, 5), mask)
-        y.float().sum().backward()
-        assert calls and set(calls) == {path}
-        assert torch.isfinite(y.float()).all() and torch.isfinite(x.grad).all()
-
-
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_last_token_only_equals_the_full_forward(name):
     """`last=True` (a prompt fill before decoding) gives the last token's hidden state of the
@@ -374,38 +291,54 @@ def test_last_token_only_equals_the_full_forward(name):
             assert close(c1.k, c2.k) and close(c1.v, c2.v) and c2.length == t
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
-def test_packed_linear_matches_f_linear_and_follows_weight_changes():
-    """Inference over many rows runs oneDNN on a packed copy of the weight: the same product,
-    packed again after an in-place change (an optimizer step, a load); with autograd, F.linear."""
-    import gc
-
-    import torch.nn.functional as F
-
-    from unimm.model import layers
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(96, 64))
-    x = torch.randn(3, layers.PACKED_MIN_ROWS, 64)
+def test_block_submodules_are_called_as_modules_so_hooks_fire():
+    """Blocks, norms, attention and MLP are called as modules (hooks fire on each), once per
+    forward, cached or not."""
+    cfg = CONFIGS["gqa_qknorm"]
+    m = make(cfg)
+    seen = []
+    for name, mod in m.named_modules():
+        if name:
+            mod.register_forward_hook(lambda mod, a, out, name=name: seen.append(name))
+    x, pos = torch.randn(2, 5, cfg.dim), positions_1d(2, 5)
     with torch.no_grad():
-        y = layers.linear(x, w)
-        assert (id(w), 0, 96) in layers._packed                   # the packed path ran
-        assert torch.allclose(y, F.linear(x, w), rtol=1e-5, atol=1e-5)
-        w.mul_(-2.0)                                              # stale packing must not be used
-        assert torch.allclose(layers.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
-        w.data = torch.randn(96, 64)                              # new data, same version
-        assert torch.allclose(layers.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
-        few = x[:1, :8]                                           # few rows: F.linear exactly
-        assert torch.equal(layers.linear(few, w), F.linear(few, w))
-        for rows in (x, few):                   # SwiGLU: fused into oneDNN's GEMMs, or plain
-            g, u = F.linear(rows, w).chunk(2, dim=-1)
-            assert torch.allclose(layers.swiglu(rows, w), F.silu(g) * u, rtol=1e-5, atol=1e-5)
-        assert (id(w), 0, 48) in layers._packed and (id(w), 48, 96) in layers._packed
-        with torch.autocast("cpu", dtype=torch.bfloat16):         # autocast keeps its bf16
-            assert layers.linear(x, w).dtype == torch.bfloat16
-    out = layers.linear(x, w)                                     # autograd: F.linear
-    out.sum().backward()
-    assert w.grad is not None and torch.equal(out, F.linear(x, w))
-    key = (id(w), 0, 96)
-    del w, out
-    gc.collect()
-    assert key not in layers._packed                              # freed with its weight
+        m(x, pos, cache=m.new_cache(2, 8), last=True)
+    names = {n for n, mod in m.named_modules() if n and not isinstance(
+        mod, (torch.nn.ModuleList, torch.nn.Linear, torch.nn.Dropout))}
+    assert set(seen) == names and len(seen) == len(names)
+
+
+def test_cache_views_copies_and_the_sync_seam():
+    """`rows` is a view (writes land in the cache), `copy_slots` copies every layer's slots
+    between rows, and every method that touches k, v first calls `sync` (where a speed path
+    writes back slots it holds elsewhere)."""
+    from unimm.model.cache import KVCache
+    c = KVCache.empty(2, 3, 1, 6, 4)
+    synced = []
+    c.sync = lambda cache: synced.append(cache)
+    view = c.rows(1, 3)
+    view.update(0, 0, torch.ones(2, 1, 2, 4), torch.full((2, 1, 2, 4), 2.0))
+    assert c.k[0, 1:, :, :2].eq(1).all() and c.k[0, 0].eq(0).all() and view.sync is None
+    c.copy_slots(1, 0, 0, 3, 2)
+    assert torch.equal(c.k[:, 0, :, 3:5], c.k[:, 1, :, :2])
+    assert torch.equal(c.v[:, 0, :, 3:5], c.v[:, 1, :, :2])
+    c.length = 5
+    c.clone(), c.select_rows([0, 0]), c.update(1, 5, torch.zeros(3, 1, 1, 4),
+                                               torch.zeros(3, 1, 1, 4))
+    assert len(synced) == 5 and all(s is c for s in synced)
+
+
+def test_the_core_model_files_hold_no_cpu_speed_paths():
+    """The plain model reads as a transformer: the CPU fast paths (oneDNN's ops, weight version
+    counters, compiler checks, planted attributes, buffer pools) live in unimm.fast, which
+    these files do not import."""
+    import re
+    from pathlib import Path
+
+    import unimm.model
+    root = Path(unimm.model.__file__).parent
+    for name in ("layers.py", "backbone.py", "cache.py", "unified.py"):
+        text = (root / name).read_text()
+        for marker in ("mkldnn", "_version", "is_compiling", "__dict__", "BufferPool"):
+            assert marker not in text, f"{name} holds {marker!r}"
+        assert not re.search(r"^\s*(from|import) unimm\.fast|^\s*from \.\.fast", text, re.M), name

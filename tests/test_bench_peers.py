@@ -10,6 +10,8 @@ import pytest
 from unimm.bench.peers import TRAIN_SHAPES, markdown, xt_parity
 from unimm.model.backbone import BackboneConfig
 
+PACKED_ROWS = 256   # unimm.fast.linear.PACKED_MIN_ROWS: projections from here on are packed
+
 
 def _peers(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "unimm", "bench", "peers", *args],
@@ -88,12 +90,12 @@ def test_compute_floor_counts_the_packed_projections():
     import torch
 
     from unimm.bench.peer_janus import record_work
-    from unimm.model import layers
-    w, x = torch.randn(64, 32), torch.randn(layers.PACKED_MIN_ROWS, 32)
+    from unimm.model import ops
+    w, x = torch.randn(64, 32), torch.randn(PACKED_ROWS, 32)
+    installed = ops.linear
     with torch.inference_mode():
-        assert record_work(lambda a: layers.linear(a, w), x)["flops"] == 2 * x.shape[0] * 32 * 64
-        layers.linear(x, w)
-        assert layers._packing["ok"] == torch.backends.mkldnn.is_available()   # restored
+        assert record_work(lambda a: ops.linear(a, w), x)["flops"] == 2 * x.shape[0] * 32 * 64
+        assert ops.linear is installed                                  # restored
 
 
 def test_work_recorder_counts_products_and_attention_reads():
@@ -104,18 +106,18 @@ def test_work_recorder_counts_products_and_attention_reads():
 
     from unimm.bench.peer_janus import record_work
     from unimm.bench.machine import gemm_seconds
-    from unimm.model import layers
+    from unimm.model import ops
     w = torch.randn(48, 32)
     q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
 
     def job(x):
-        layers.linear(x, w)                                     # packed: 3 x 100 rows
+        ops.linear(x, w)                                        # packed: 3 x 100 rows
         F.linear(x[0], w, torch.zeros(48))                      # 100 rows, with a bias
         x[0, :2] @ w.t()                                        # mm: 2 rows
         F.scaled_dot_product_attention(q, k, v)
     with torch.inference_mode():
-        work = record_work(job, torch.randn(3, layers.PACKED_MIN_ROWS // 2 + 100, 32))
-        rows = layers.PACKED_MIN_ROWS // 2 + 100
+        work = record_work(job, torch.randn(3, PACKED_ROWS // 2 + 100, 32))
+        rows = PACKED_ROWS // 2 + 100
         assert sorted(work["gemms"]) == sorted([[3 * rows, 32, 48, 1], [rows, 32, 48, 1],
                                                 [2, 32, 48, 1]])
         assert work["kv_bytes"] == 2 * k.numel() * 4

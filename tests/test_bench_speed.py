@@ -9,6 +9,7 @@ import pytest
 
 from unimm.bench.machine import bandwidth_use, decode_step_bytes, kv_bytes_per_position
 from unimm.bench.speed_report import markdown
+from unimm.model import ops
 
 
 def _speed(*args, timeout=600):
@@ -57,7 +58,8 @@ def test_bench_speed_quick_smoke(tmp_path):
     assert res["rows"][1]["generation"]["bandwidth"] is None       # parallel decoders: none
     comp = res["rows"][0]["generation_compiled"]                   # compiled steps: ar only
     assert comp["s_per_image_b1"] > 0 and comp["bandwidth"]["b1_g1.5"]["step_s"] > 0
-    assert comp["runs"]["b1_g1.0"]["backbone_calls"] == 1          # steps bypass the backbone
+    if ops.fast is not None:        # compiled steps bypass the backbone; without unimm.fast
+        assert comp["runs"]["b1_g1.0"]["backbone_calls"] == 1      # they are the eager ones
     assert [bool(row.get("generation_compiled")) for row in res["rows"]] == [True, False, False]
     both = [row.get("generation_compiled_bf16") for row in res["rows"]]   # compiled + bf16: ar
     assert both[0]["s_per_image_b16"] > 0 and both[0]["cfg_cost"]["b1"] > 0 and not any(both[1:])

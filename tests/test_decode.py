@@ -1,23 +1,27 @@
-"""Fixed-shape decoding steps (model/decode.py): the written-out step equals the eager step
-(plain, grouped-query and QK-norm attention, Janus-style code MLPs), and compiled decoding gives
-the same greedy images and answers as eager decoding. Tiny models, tokens only."""
+"""Decoding with the plain model (no unimm.fast paths: the plain ops table): bf16 caches hold
+the keys and values exactly, compiled decoding without the fast package warns and decodes
+eagerly, and the shipped model gives the same greedy outputs with the fast package off as on,
+without importing it. The tiny-model helpers here serve test_fast.py too."""
 
+import importlib.util
+import json
+import os
 import random
-import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from unimm.model import ops
 from unimm.model.backbone import BackboneConfig
-from unimm.model import kernels
-from unimm.model.decode import static_fill, static_step, step_attention, step_bias
 from unimm.model.unified import TokenModel
-from unimm.paradigms.ar import Autoregressive
 from unimm.paradigms.base import Turn
-from unimm.paradigms.sampling import GREEDY
 from unimm.paradigms.sequence import Vocab, collate
 
 V = Vocab(n_text=40, n_codes=16, grid=(2, 3))
+
+pytestmark = pytest.mark.usefixtures("plain_ops")
 
 
 def model(seed=0, code_mlp=0, **kw):
@@ -56,138 +60,6 @@ def prefilled(m, n_rows=3, dtype=None):
     return cache, batch.valid, T
 
 
-COMPILER = shutil.which("g++") or shutil.which("c++")
-
-
-@pytest.mark.parametrize("native", [False, True])
-@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
-                                {"code_mlp": 24}])
-def test_static_step_equals_eager_step(kw, native):
-    """The written-out step (its attention written out, or the native CPU kernel's) gives the
-    eager step's logits and keys / values."""
-    if native and not COMPILER:
-        pytest.skip("the native kernel needs a C++ compiler")
-    m = model(**kw)
-    lo, hi = V.code_start, V.size
-    with torch.no_grad():
-        cache, valid, T = prefilled(m)
-        twin = cache.clone()
-        slots = m.decode_slots(valid, cache)
-        for k in range(4):
-            tok = torch.tensor([[lo + 3 * k], [lo + 1], [5]])
-            pos = torch.tensor([[[T + k, k, 1]]] * 3)
-            want = m.decode_logits(tok, pos, slots, cache, T + k, lo, hi)        # eager (SDPA)
-            idx = torch.tensor([T + k])
-            got, nk, nv = static_step(m, tok, pos, step_bias(slots, T + k, torch.float32),
-                                      twin.k, twin.v, lo, hi, native=native)
-            twin.k.index_copy_(3, idx, nk)
-            twin.v.index_copy_(3, idx, nv)
-            twin.length = T + k + 1
-            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(twin.k[..., :T + k + 1, :], cache.k[..., :T + k + 1, :])
-
-
-@pytest.mark.skipif(not COMPILER, reason="the native kernel needs a C++ compiler")
-@pytest.mark.parametrize("e", [8, 16, 24, 32, 64])
-def test_native_decode_attention_equals_the_written_out_attention(e):
-    """unimm::decode_attention (model/csrc) against step_attention: head sizes below, at and
-    above the vector width and between its multiples, grouped queries, masked slots at both
-    ends, a row whose cached slots are all masked (only the new token), inputs that are not
-    contiguous; clear errors for other dtypes and mismatched shapes."""
-    op = kernels.decode_attention()
-    assert op is not None, kernels._state.get("failed")
-    torch.manual_seed(e)
-    r, g, n, m = 3, 2, 3, 21
-    q = torch.randn(r, g, n, e) * 2
-    kc, vc = torch.randn(2, r, g, m, e).unbind(0)
-    k, v = torch.randn(2, r, g, 1, e).unbind(0)
-    slots = torch.ones(r, m, dtype=torch.bool)
-    slots[0, :4] = False                        # left padding
-    slots[2] = False                            # nothing cached to attend to
-    bias = step_bias(slots, 17, torch.float32)  # and nothing from slot 17 on
-    want = step_attention(q, kc, vc, bias, k, v, e ** -0.5)
-    got = op(q, kc, vc, bias, k, v, e ** -0.5)
-    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
-    torch.testing.assert_close(got[2], v[2].expand(g, n, e), atol=1e-6, rtol=1e-6)
-    wide = torch.randn(r, g, m, 2 * e)          # keys read through a strided view
-    torch.testing.assert_close(op(q, wide[..., :e], vc, bias, k, v, 0.3),
-                               step_attention(q, wide[..., :e], vc, bias, k, v, 0.3),
-                               atol=2e-6, rtol=1e-5)
-    with pytest.raises(RuntimeError, match="float32 CPU tensors only"):
-        op(q.double(), kc, vc, bias, k, v, 0.3)
-    with pytest.raises(RuntimeError, match="shapes do not match"):
-        op(q, kc[:, :, :5], vc, bias, k, v, 0.3)
-
-
-def test_steps_write_the_attention_out_where_the_native_kernel_does_not_build(monkeypatch):
-    """No compiler (or UNIMM_NATIVE_KERNELS=0): one warning that says why, then the step's
-    attention is the written-out one, with the same results."""
-    def no_compiler():
-        raise RuntimeError("Error building extension: c++ not found")
-    monkeypatch.setattr(kernels, "_state", {})
-    monkeypatch.setattr(kernels, "_build", no_compiler)
-    with pytest.warns(UserWarning, match="native decode attention unavailable.*c.. not found"):
-        assert kernels.decode_attention() is None
-    assert kernels.decode_attention() is None                # once: no second warning, no build
-    m = model()
-    with torch.no_grad():
-        cache, valid, T = prefilled(m)
-        args = (m, torch.tensor([[V.code_start]] * 3), torch.tensor([[[T, 0, 1]]] * 3),
-                step_bias(m.decode_slots(valid, cache), T, torch.float32), cache.k, cache.v,
-                V.code_start, V.size)
-        for want, got in zip(static_step(*args), static_step(*args, native=True)):
-            assert torch.equal(want, got)
-    monkeypatch.setattr(kernels, "_state", {})
-    monkeypatch.setenv("UNIMM_NATIVE_KERNELS", "0")
-    assert kernels.decode_attention() is None
-
-
-@pytest.mark.skipif(not COMPILER, reason="the native kernel needs a C++ compiler")
-def test_the_native_kernel_loads_from_the_cache_past_a_killed_builds_lock(tmp_path):
-    """A fresh process loads the kernel from $UNIMM_CACHE_DIR/kernels/NAME (here a copy of this
-    session's build); a lock left there by a killed build (torch's builder would wait on it
-    forever, even for a library that needs no rebuilding) is removed when it is stale."""
-    import os
-    import subprocess
-    import sys
-    import time
-    assert kernels.decode_attention() is not None, kernels._state.get("failed")
-    build = tmp_path / "kernels" / kernels.library_name()
-    shutil.copytree(kernels.cache_root() / "kernels" / kernels.library_name(), build)
-    (so,) = build.glob("*.so")
-    built = so.stat().st_mtime_ns
-    (build / "lock").touch()
-    old = time.time() - kernels.STALE_LOCK_S - 60
-    os.utime(build / "lock", (old, old))
-    code = ("import torch, warnings; warnings.simplefilter('error');"
-            "from unimm.model import kernels; op = kernels.decode_attention();"
-            "q = torch.ones(1, 1, 1, 8); kv = torch.ones(1, 1, 3, 8);"
-            "print(op(q, kv, kv, torch.zeros(1, 3), q, q, 0.5).sum().item())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "UNIMM_CACHE_DIR": str(tmp_path)})
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "8.0"
-    assert so.stat().st_mtime_ns == built and not (build / "lock").exists()   # not rebuilt
-
-
-@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
-                                {"code_mlp": 24}])
-def test_static_fill_equals_the_eager_prompt_fill(kw):
-    """The prompt fill written for the compiler (static_fill) gives the eager fill's last hidden
-    state and every token's keys / values."""
-    m = model(**kw)
-    batch, mask = left_padded()
-    tokens, pos = batch.tokens, batch.pos
-    T = tokens.shape[1]
-    with torch.no_grad():
-        cache = m.new_cache(3, T + 4)
-        want = m.hidden(tokens, pos, mask, cache=cache, last=True)
-        got, k, v = static_fill(m, m.embed_tokens(tokens, pos), pos, mask)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(k, cache.k[..., :T, :], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(v, cache.v[..., :T, :], atol=1e-5, rtol=1e-5)
-
-
 def test_autocast_caches_hold_the_keys_and_values_exactly():
     """Under bf16 autocast keys and values are computed in bf16, so the cache is made in bf16
     (half the memory and the bytes a step reads) and holds exactly what a float32 one would."""
@@ -205,269 +77,52 @@ def test_autocast_caches_hold_the_keys_and_values_exactly():
     assert m.new_cache(1, 4).k.dtype == torch.float32             # autocast off again
 
 
-@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_decoding_under_autocast_runs_a_bf16_library():
-    """eval.precision = "bf16" with compiled decoding: the step library is traced from a copy
-    of the weights in bf16 (the model keeps its float32 weights) and computes what that copy
-    computes eagerly, up to bf16 rounding."""
-    from unimm.model.decode import DecodeStep
-    m = model(code_mlp=24)
-    lo, hi = V.code_start, V.size
-    step = DecodeStep(m)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        cache, valid, T = prefilled(m, n_rows=10)      # 10 rows: the oneDNN library
-        twin = cache.clone()
-        slots = m.decode_slots(valid, cache)
-        tok = torch.arange(10)[:, None] + lo
-        pos = torch.tensor([[[T, 0, 0]]] * 10)
-        got = step(tok, pos, slots, cache, T, lo, hi)
-        assert [k[4] for k in step._aoti] == [torch.bfloat16] and step.failed is None
-        want, nk, nv = static_step(step._lowered(torch.bfloat16), tok, pos,
-                                   step_bias(slots, T, torch.bfloat16), twin.k, twin.v, lo, hi)
-    exact, _, _ = static_step(m, tok, pos, step_bias(slots, T, torch.float32), twin.k.float(),
-                              twin.v.float(), lo, hi)
-    assert got.dtype == torch.float32 and cache.k.dtype == torch.bfloat16
-    scale = want.abs().max()
-    assert (got - want).abs().max() < 0.03 * scale                # bf16 rounding, fused
-    assert (got - exact).abs().max() < 0.1 * scale                # the same model
-    torch.testing.assert_close(cache.k[..., T, :].float(), nk[..., 0, :].float(), atol=0.05,
-                               rtol=0.05)
-    assert all(p.dtype == torch.float32 for p in m.parameters())
-
-
-@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
-@pytest.mark.parametrize("code_mlp,backend", [(24, "aoti"), (0, "inductor")])
-def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
-    m = model(code_mlp=code_mlp)
-    par = Autoregressive(V)
-    ts = prompts(2)
-    questions = [Turn("vqa", [1, 2, 3], [random.Random(i).randrange(V.n_codes)
-                                         for _ in range(V.n_image)]) for i in range(2)]
-    with torch.inference_mode():
-        want_img = par.generate_images(m, ts, 2.0, GREEDY)
-        want_one = par.generate_images(m, ts[:1], 1.0, GREEDY)            # a 1-row batch
-        want_txt = par.generate_text(m, questions, 6, GREEDY)
-        m.compile_decode(backend=backend)
-        # capacities in steps of 64 for torch.compile; AOTInductor steps take any capacity
-        assert m.new_cache(2, 70).max_len == (128 if backend == "inductor" else 70)
-        got_img = par.generate_images(m, ts, 2.0, GREEDY)
-        got_one = par.generate_images(m, ts[:1], 1.0, GREEDY)
-        got_txt = par.generate_text(m, questions, 6, GREEDY)
-        assert m.__dict__["_decode"].failed is None      # it really ran compiled
-        if backend == "aoti":       # rows and slots are dynamic: one library per slice
-            assert len(m.__dict__["_decode"]._aoti) == 2
-            # a cache big enough for several windows: one library, equal outputs
-            assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want_img)
-            assert len(m.__dict__["_decode"]._aoti) == 2
-            m.compile_decode(False)
-            many = prompts(5, seed=1)                     # 10 guided rows: the large library
-            want_many = par.generate_images(m, many, 2.0, GREEDY)
-            m.compile_decode(backend=backend)
-            assert torch.equal(par.generate_images(m, many, 2.0, GREEDY), want_many)
-            assert {k[0] for k in m.__dict__["_decode"]._aoti} == {False}
-            assert kernels.decode_attention() is not None    # with the native attention
-        with pytest.raises(ValueError, match="filled slots"):
-            cache = m.new_cache(1, 8)
-            m.decode_logits(torch.tensor([[1]]), torch.zeros(1, 1, 3, dtype=torch.long),
-                            torch.ones(1, cache.max_len, dtype=torch.bool), cache, 3, 0, 8)
-        with pytest.raises(ValueError, match="do not fit a cache of 2 rows"):
-            cache = m.new_cache(2, 8)
-            cache.length = 1
-            m.decode_logits(torch.tensor([[1]]), torch.zeros(1, 1, 3, dtype=torch.long),
-                            torch.ones(1, cache.max_len, dtype=torch.bool), cache, 1, 0, 8)
-        m.compile_decode(False)
-        assert m.new_cache(2, 70).max_len == 70
-        with pytest.raises(ValueError, match="unknown decoding compiler 'tvm'"):
-            m.compile_decode(backend="tvm")
-    assert torch.equal(got_img, want_img) and torch.equal(got_one, want_one)
-    assert got_txt == want_txt
-
-
-@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
-    """With compiled decoding, prompt fills (from slot 0, last token out) run through one
-    AOTInductor library for any rows x tokens, masked or causal, and leave the cache the eager
-    fill leaves; other forwards (a later start, every token out, gradients, bad positions)
-    stay eager or fail as they did. (A short context: the library is traced at fewer tokens.)"""
-    m = model(n_kv_heads=2, max_seq_len=24)
-    batch, mask = left_padded()
-    tokens, pos = batch.tokens, batch.pos
-    T = tokens.shape[1]
-    with torch.inference_mode():
-        want, cache_a = [], []
-        for toks, p, mk in ((tokens, pos, mask), (tokens[:1, -3:], pos[:1, -3:], None)):
-            c = m.new_cache(toks.shape[0], T + 4)
-            want.append(m.hidden(toks, p, mk, cache=c, last=True))
-            cache_a.append(c)
-        m.compile_decode()
-        step = m.__dict__["_decode"]
-        for (toks, p, mk), w, a in zip(((tokens, pos, mask), (tokens[:1, -3:], pos[:1, -3:],
-                                                               None)), want, cache_a):
-            b = m.new_cache(toks.shape[0], T + 4)
-            got = m.hidden(toks, p, mk, cache=b, last=True)
-            torch.testing.assert_close(got, w, atol=1e-5, rtol=1e-5)
-            assert b.length == a.length == toks.shape[1]
-            torch.testing.assert_close(b.k, a.k, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(b.v, a.v, atol=1e-5, rtol=1e-5)
-        assert len(step._fills) == 1 and step.fill_failed is None
-        calls = []
-        monkeypatch.setattr(step, "fill", lambda *a: calls.append(1))
-        m.hidden(tokens, pos, mask, cache=m.new_cache(3, T + 4))          # every token out
-        c = m.new_cache(3, T + 4)
-        c.length = 1
-        m.hidden(tokens[:, 1:], pos[:, 1:], mask[..., 1:, :], cache=c, start=1, last=True)
-        assert calls == []
-        with pytest.raises(ValueError, match="positions must lie in"):
-            m.hidden(tokens, pos + 30, mask, cache=m.new_cache(3, T + 4), last=True)
-    with torch.enable_grad():
-        m.hidden(tokens, pos, mask, cache=m.new_cache(3, T + 4), last=True)
-    assert calls == []
-
-
-@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
-def test_without_aotinductor_decoding_falls_back_to_torch_compile(monkeypatch):
-    def unavailable(*a, **k):
-        raise RuntimeError("no AOTInductor in this torch")
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", unavailable)
-    monkeypatch.setenv("UNIMM_CACHE_DIR", "")           # nothing from disk either
-    m = model()
-    par = Autoregressive(V)
-    ts = prompts(2)
-    with torch.inference_mode(), pytest.warns(UserWarning, match="using torch.compile"), \
-            pytest.warns(UserWarning, match="compiled prompt fills unavailable, filling eagerly"):
-        want = par.generate_images(m, ts, 2.0, GREEDY)
-        m.compile_decode()
-        got = par.generate_images(m, ts, 2.0, GREEDY)
-    step = m.__dict__["_decode"]
-    assert "no AOTInductor" in step.aoti_failed and step.backend == "inductor"
-    assert "no AOTInductor" in step.fill_failed                 # its fills ran eagerly too
-    assert step.failed is None and torch.equal(got, want)
-
-
-@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
-def test_aoti_steps_read_a_growing_window_and_see_eager_writes():
-    """AOTInductor steps read a window of the cache's first slots that grows every WINDOW
-    steps; each step equals the eager one across window boundaries, and an eager write into
-    the cache (here: the last slot rewritten) reaches the next compiled step."""
-    from unimm.model.decode import WINDOW
-    m = model()
-    lo, hi = V.code_start, V.size
-    with torch.inference_mode():
-        a, valid, T = prefilled(m)
-        a = type(a)(torch.cat([a.k, a.k.new_zeros(*a.k.shape[:3], 72, a.k.shape[4])], 3),
-                    torch.cat([a.v, a.v.new_zeros(*a.v.shape[:3], 72, a.v.shape[4])], 3), T)
-        b = a.clone()
-        slots = m.decode_slots(valid, a)
-        twin = model()
-        twin.compile_decode()
-        widths = set()
-        for k in range(2 * WINDOW + 4):
-            tok = torch.tensor([[lo + k % 7], [lo + 1], [5 + k % 3]])
-            pos = torch.tensor([[[T + k, k % 2, k % 3]]] * 3)
-            want = m.decode_logits(tok, pos, slots, a, T + k, lo, hi)
-            got = twin.decode_logits(tok, pos, slots, b, T + k, lo, hi)
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-            widths.add(b.window[0].shape[3])
-            if k == WINDOW + 2:             # rewrite the last slot eagerly in both caches
-                for c, mm in ((a, m), (b, twin)):
-                    c.length = T + k
-                    mm.hidden(tok + 1, pos, slots[:, None, None, :T + k + 1], cache=c,
-                              start=T + k)
-                assert b.window is None     # the write dropped the window
-        assert twin.__dict__["_decode"].failed is None and len(widths) >= 3
-        assert len(twin.__dict__["_decode"]._aoti) == 1
-        assert max(widths) <= a.max_len
-        assert b.pending is not None                # new slots live in the window only ...
-        n = b.length
-        b.flush()                                   # ... until flushed into k, v
-        torch.testing.assert_close(b.k[..., :n, :], a.k[..., :n, :], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(b.clone().v[..., :n, :], a.v[..., :n, :], atol=1e-4,
-                                   rtol=1e-4)
-        # once the next window would reach the capacity, the window is the cache itself:
-        # steps write straight into k, v (nothing pending) and still equal eager ones
-        for k in range(n - T, a.max_len - T):
-            tok = torch.tensor([[lo + k % 5], [lo + 2], [4 + k % 3]])
-            pos = torch.tensor([[[T + k, k % 3, k % 2]]] * 3)
-            want = m.decode_logits(tok, pos, slots, a, T + k, lo, hi)
-            got = twin.decode_logits(tok, pos, slots, b, T + k, lo, hi)
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-        assert b.window[0] is b.k and b.pending is None and b.length == a.max_len
-        torch.testing.assert_close(b.k, a.k, atol=1e-4, rtol=1e-4)
-
-
-def test_sampler_caches_hand_their_memory_to_the_next_call():
-    """The samplers' caches (new_cache(reuse=True)) return their memory to the backbone's pool
-    when dropped; the next call reuses it (zeroed) and gives the same outputs, eager and
-    compiled, inside and outside inference mode; a copy of the model gets an empty pool."""
-    import copy
-
-    from unimm.model.cache import BufferPool
-    m = model()
-    par = Autoregressive(V)
-    ts = prompts(3)
+def test_compiled_decoding_without_the_fast_package_warns_and_decodes_eagerly(monkeypatch):
+    """`compile_decode` needs unimm.fast: without it one warning that says so, and decoding
+    stays eager (no decoder, no filler), with the same outputs."""
+    from unimm.paradigms.ar import Autoregressive
+    from unimm.paradigms.sampling import GREEDY
+    monkeypatch.setattr(ops, "fast", None)
+    monkeypatch.setenv("UNIMM_FAST", "0")
+    m, par = model(), Autoregressive(V)
     with torch.no_grad():
-        want = par.generate_images(m, ts, 2.0, GREEDY)
-    pool = m.backbone.__dict__["_pool"]
-    held = pool.nbytes()
-    assert held > 0                                    # the cache went back
-    with torch.no_grad():
-        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-    assert pool.nbytes() == held                       # reused, not grown
-    with torch.inference_mode():                       # inference tensors: a pool of their own
-        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-        m.compile_decode()
-        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-    with torch.no_grad():
-        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-    assert copy.deepcopy(m).backbone.__dict__["_pool"].nbytes() == 0
-    small = BufferPool(max_bytes=1000)
-    small.give([torch.ones(200), torch.ones(200)])     # 800 bytes each: one is kept
-    assert small.nbytes() == 800
-    assert small.take(150, torch.float32, "cpu").abs().sum() == 0    # zeroed on reuse
-    assert m.new_cache(2, 8).pool is None              # a caller's own cache: plain memory
+        want = par.generate_images(m, prompts(2), 2.0, GREEDY)
+        with pytest.warns(UserWarning, match=r"compiled decoding needs the fast package "
+                                             r"\(UNIMM_FAST=0\); running eagerly"):
+            m.compile_decode()
+        assert m.decoder is None and m.backbone.filler is None
+        assert torch.equal(par.generate_images(m, prompts(2), 2.0, GREEDY), want)
 
 
-@pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_libraries_are_kept_on_disk_per_weights(tmp_path, monkeypatch):
-    """A second process (here: a fresh DecodeStep) loads the libraries (the step's and the
-    prompt fill's) from disk instead of compiling them again; other weights are compiled
-    anew."""
-    monkeypatch.setenv("UNIMM_CACHE_DIR", str(tmp_path))
-    m = model(seed=3)
-    par = Autoregressive(V)
-    ts = prompts(2)
-    real, calls = torch._inductor.aoti_compile_and_package, []
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
-    with torch.inference_mode():
-        want = par.generate_images(m, ts, 2.0, GREEDY)
-        m.compile_decode()
-        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-        assert len(m.__dict__["_decode"]._fills) == 1    # the prompt fill's library too
-        assert calls == [1, 1] and len(list((tmp_path / "decode").glob("*.pt2"))) == 2
-        m.compile_decode()                             # a fresh step: from disk
-        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want)
-        assert calls == [1, 1]
-        m.head.weight.add_(0.5)                        # other weights: compiled again
-        m.compile_decode(False)
-        want2 = par.generate_images(m, ts, 2.0, GREEDY)
-        m.compile_decode()
-        assert torch.equal(par.generate_images(m, ts, 2.0, GREEDY), want2)
-        assert calls == [1] * 4 and len(list((tmp_path / "decode").glob("*.pt2"))) == 4
-        assert not list((tmp_path / "decode").glob("*.tmp"))
+_GREEDY_SET = """
+import hashlib, json, sys, torch
+torch.set_num_threads(1)
+from unimm.data.splits import ShapesWorld
+from unimm.pipeline import Pipeline
+pipe = Pipeline.load()
+w = ShapesWorld("test")
+vqa = [w.vqa_example(i) for i in range(6)]
+out = {"answers": pipe.answer([e.image for e in vqa], [e.text for e in vqa]),
+       "caption": pipe.caption(w.image(0)),
+       "images": [hashlib.sha256(im.tobytes()).hexdigest()[:16] for im in pipe.draw(
+           [w.t2i_example(i, geneval=False).text for i in range(2)], guidance=3.0)],
+       "fast_modules": sorted(k for k in sys.modules if k.startswith("unimm.fast"))}
+print(json.dumps(out))
+"""
 
 
-def test_loaded_step_libraries_are_called_through_their_loader():
-    """A loaded package is called through its loader's boxed_run on the step's tensors (no
-    per-call spec parsing), returning a tuple; without one, the package itself."""
-    from types import SimpleNamespace
-
-    from unimm.model.decode import _direct
-    seen = []
-    pkg = SimpleNamespace(loader=SimpleNamespace(
-        boxed_run=lambda xs: seen.append(len(xs)) or [x * 2 for x in xs]))
-    out = _direct(pkg)(torch.ones(1), torch.zeros(2))
-    assert isinstance(out, tuple) and seen == [2] and torch.equal(out[0], torch.full((1,), 2.0))
-    plain = SimpleNamespace()
-    assert _direct(plain) is plain
+def test_the_shipped_model_answers_the_same_with_the_fast_package_off():
+    """UNIMM_FAST=0 in a fresh process: the shipped model's greedy answers, a caption and
+    guided images equal those with the fast package on (batch-6 answer fills run its packed
+    projections), and nothing of unimm.fast is imported."""
+    runs = {}
+    for fast in ("1", "0"):
+        r = subprocess.run([sys.executable, "-c", _GREEDY_SET], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "UNIMM_FAST": fast})
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[fast] = json.loads(r.stdout.strip().splitlines()[-1])
+    on, off = runs["1"], runs["0"]
+    assert off.pop("fast_modules") == []
+    there = importlib.util.find_spec("unimm.fast") is not None
+    assert bool(on.pop("fast_modules")) == there      # installed with UNIMM_FAST=1 if there
+    assert off == on

@@ -69,9 +69,11 @@ class Pipeline:
              compile: bool = False, precision: str | None = None) -> "Pipeline":
         """Load a run folder (None or "default": the model that ships with the package).
         `compile`: token-by-token decoding (answers, autoregressive images) through a compiled
-        fixed-shape step (model/decode.py, AOTInductor): same greedy outputs, faster once warm;
+        fixed-shape step (unimm.fast, AOTInductor): same greedy outputs, faster once warm;
         the first call per kind (answer text, image codes) and batch class (up to 8 rows, 9 to
         256) compiles, about a minute on a CPU, so it pays off in servers and long jobs.
+        Compiled decoding is part of unimm.fast: with UNIMM_FAST=0 (or without the package)
+        `compile` gives one warning and decodes eagerly, with the same outputs.
         `precision`: "fp32" or "bf16" instead of the run's eval.precision (bf16: the network
         under bf16 autocast, and compiled steps computing in bf16; outputs may differ)."""
         if precision is not None and precision not in PRECISIONS:

@@ -55,7 +55,7 @@ def read_bandwidth(dev: torch.device, mbytes: int, repeats: int) -> dict:
 def gemm_seconds(shapes, dev: torch.device, calls: int = 25) -> dict[tuple, float]:
     """For each fp32 product (M, K, N), i.e. x (M, K) times a weight (N, K) transposed, the
     fastest of `calls` timed calls (hot cache) over the kernels this torch offers: F.linear
-    (MKL / cuBLAS) and on a CPU also oneDNN on a weight packed once (what `layers.linear` runs
+    (MKL / cuBLAS) and on a CPU also oneDNN on a weight packed once (what `fast.linear` runs
     for prompt fills). A floor for those products on this machine, not their cost in place,
     where weights and caches come from further away."""
     import torch.nn.functional as F

@@ -25,7 +25,7 @@ the measured streaming read bandwidth; what the job would take on these kernels 
 else cost anything.
 
 Our side runs twice: eagerly, and (`compile`, default on except in quick runs) with compiled
-decoding steps (`TokenModel.compile_decode`, model/decode.py: AOTInductor, no per-call guards),
+decoding steps (`TokenModel.compile_decode`, fast/decode.py: AOTInductor, no per-call guards),
 whose compiles happen in the warm-up; both are compared with the same transformers run.
 
 Spec keys (all optional): config, quick (a tiny shape and fewer prompts, for the CI smoke test),
@@ -110,11 +110,11 @@ def record_work(fn, arg) -> dict:
     """One call, run once: its matmul FLOPs (torch.utils.flop_counter: mm, addmm, bmm,
     attention), its 2-D products as [M, K, N, calls], and the bytes of keys/values its attention
     calls read; the projections run as F.linear (the counter has no formula for the packed
-    oneDNN op)."""
+    oneDNN op: the plain ops table, model/ops.py)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..model.layers import plain_linear
-    with plain_linear(), FlopCounterMode(display=False) as counter, _WorkRecorder() as rec:
+    from ..model import ops
+    with ops.plain(), FlopCounterMode(display=False) as counter, _WorkRecorder() as rec:
         fn(arg)
     return {"flops": float(counter.get_total_flops()),
             "gemms": [[*shape, n] for shape, n in sorted(rec.gemms.items())],

@@ -121,13 +121,13 @@ def measure(spec: dict) -> dict:
             row["generation_bf16"] = measure_generation(parts, model, dev, t2i, sampling,
                                                         repeats, warmup)
     if spec.get("compile") and isinstance(parts.paradigm, Autoregressive):
-        # the same timings with compiled decoding steps (model/decode.py); compiles happen in
+        # the same timings with compiled decoding steps (fast/decode.py); compiles happen in
         # the warm-up runs, one per (rows, cache capacity)
         model.compile_decode()
         with torch.no_grad():
             comp = measure_generation(parts, model, dev, t2i, sampling, repeats, warmup)
         comp["bandwidth"] = decode_bandwidth(parts, model, t2i, comp, spec["machine"])
-        comp["compile_failed"] = model.__dict__["_decode"].failed
+        comp["compile_failed"] = getattr(model.decoder, "failed", "no fast package")
         if spec.get("bf16"):
             # and under bf16 autocast: the steps' library then computes in bf16
             with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):

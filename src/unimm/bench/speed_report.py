@@ -96,7 +96,7 @@ def markdown(result: dict) -> str:
                            for r, b in bw for k in r["generation"]["runs"]]))
     comp = [r for r in rows if r.get("generation_compiled")]
     if comp:
-        out.append("\n### Compiled decoding steps (`TokenModel.compile_decode`, model/decode.py)"
+        out.append("\n### Compiled decoding steps (`TokenModel.compile_decode`, fast/decode.py)"
                    "\n\nThe same timings with each one-token step compiled once per shape "
                    "by AOTInductor (compiles in the warm-up); speed-up = eager time / compiled "
                    "time; step and floor as above.\n\n")

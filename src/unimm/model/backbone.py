@@ -16,9 +16,10 @@ Notable choices:
 - `mlp_hidden` defaults to 8/3 * dim rounded up to a multiple of 32 (Llama's parameter-matched
   SwiGLU width; 32 keeps bf16 rows a multiple of 64 bytes): dim 64 -> 192, 256 -> 704.
 
-Speed note (forward only, no grad, dim 256, 4 layers, 4 heads, T=128, batch 8, 1 CPU thread,
-AMD EPYC with AVX512-BF16, torch 2.13): fp32 ~83 ms, bf16 autocast ~31 ms (median of 10);
-about 2 N = 6.4 MFLOP per token, i.e. ~80 vs ~215 GFLOP/s.
+- Two seams for the speed paths of unimm.fast (None here: the plain model): `filler`, a
+  compiled prompt fill that `forward` hands prompt fills to, and `pool`, the memory the
+  samplers' caches reuse (`new_cache(reuse=True)`; made by `ops.new_pool`). Speed figures:
+  docs/fast.md.
 
 Letters: b batch, t query tokens, s key tokens (start + t with a cache), d model dim.
 """
@@ -26,13 +27,15 @@ Letters: b batch, t query tokens, s key tokens (start + t with a cache), d model
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from unimm.model.cache import BufferPool, KVCache
+from unimm.model import ops
+from unimm.model.cache import KVCache
 from unimm.model.layers import Block, RMSNorm, autocast_dtype
 from unimm.model.masks import causal_mask
 from unimm.model.rotary import Rotary, default_sections
@@ -41,6 +44,11 @@ from ..utils.config import check_limits
 
 
 MAX_BLOCK_PARAMS = 1e11        # a 70B-class stack; larger configs are typos, not models
+
+# A prompt fill from another implementation (`Backbone.filler`): (x, pos, mask, cache) -> the
+# last hidden state, the cache written as `Backbone.forward` writes it; None where it does not
+# apply (then `forward` fills).
+Filler = Callable[[Tensor, Tensor, "Tensor | None", KVCache], "Tensor | None"]
 
 
 def _default_mlp_hidden(dim: int) -> int:
@@ -126,6 +134,10 @@ class Backbone(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.apply(self._init_weights)
+        # seams (module notes): a compiled prompt fill (unimm.fast.compile_decode sets it) and
+        # the memory pool of the samplers' caches (`new_cache(reuse=True)`)
+        self.filler: Filler | None = None
+        self.pool = None
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -159,21 +171,19 @@ class Backbone(nn.Module):
         self._check_inputs(x, pos, cache, start)
         s = start + t
         attn_mask, is_causal = self._attn_mask(mask, b, t, s, x.device)
-        fill = self.__dict__.get("_fill")    # compiled prompt fills (TokenModel.compile_decode)
-        if (fill is not None and cache is not None and start == 0 and last and t > 1
-                and not self.training and not torch.is_grad_enabled()):
+        if (self.filler is not None and cache is not None and start == 0 and last and t > 1
+                and not self.training and not torch.is_grad_enabled()):   # a prompt fill
             self.rotary.check(pos)
-            h = fill.fill(x, pos, attn_mask, cache)
+            h = self.filler(x, pos, attn_mask, cache)
             if h is not None:
                 return h
-        rope = self.rotary.forward(pos)  # cos, sin: (b, 1, t, p), shared by all layers
+        rope = self.rotary(pos)  # cos, sin: (b, 1, t, p), shared by all layers
         n = len(self.blocks)
         for layer, block in enumerate(self.blocks):
-            x = block.forward(x, rope, attn_mask, is_causal, cache, layer, start,
-                              last and layer == n - 1)
+            x = block(x, rope, attn_mask, is_causal, cache, layer, start, last and layer == n - 1)
         if cache is not None:
             cache.length = s
-        return self.norm.forward(x)
+        return self.norm(x)
 
     def _check_inputs(self, x: Tensor, pos: Tensor, cache: KVCache | None, start: int) -> None:
         if x.dim() != 3 or x.shape[-1] != self.cfg.dim:
@@ -222,14 +232,15 @@ class Backbone(nn.Module):
         nothing and halves the cache's memory and the bytes each decoding step reads). `reuse`
         (CPU only; the samplers' caches): its memory comes from this backbone's pool and goes
         back there once the cache is garbage-collected (see `KVCache.empty`), so the caller
-        keeps no view of its k, v beyond it."""
+        keeps no view of its k, v beyond it. Without a pool factory (`ops.new_pool`, which
+        unimm.fast installs) every cache is plain zeroed memory."""
         cfg = self.cfg
         dev = torch.device(device) if device is not None else self.device
         pool = None
         if reuse and dev.type == "cpu":
-            pool = self.__dict__.get("_pool")
-            if pool is None:
-                pool = self.__dict__["_pool"] = BufferPool()
+            if self.pool is None and ops.new_pool is not None:
+                self.pool = ops.new_pool()
+            pool = self.pool
         if dtype is None:
             dtype = self.norm.weight.dtype
             if dtype == torch.float32:

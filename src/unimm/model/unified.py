@@ -26,15 +26,33 @@ Notable choices:
   from its learned head row only 0.41, so what the model learns about one red fragment is not
   shared with the other red fragments. Both maps are zero-initialised, so switching them on
   when continuing a run changes nothing at first.
+- One seam for a speed path: `decoder`, a compiled one-token decoding step that
+  `decode_logits` hands its steps to (None: the eager backbone). `compile_decode` sets it (and
+  the backbone's `filler`) from unimm.fast.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import ops
 from .backbone import Backbone, BackboneConfig
+
+
+class Decoder(Protocol):
+    """A decoding step that replaces the eager one (`TokenModel.decoder`; unimm.fast's
+    `DecodeStep`): called with `decode_logits`' arguments, it returns what that returns and
+    leaves the cache as the eager step would (written at `start`, length start + 1)."""
+
+    def __call__(self, tok: Tensor, pos: Tensor, slots: Tensor, cache, start: int, lo: int,
+                 hi: int) -> Tensor: ...
+
+    def capacity(self, max_len: int) -> int:
+        """The cache capacity to make for `max_len` slots (it may want fewer shapes)."""
 
 
 class CodeMLP(nn.Module):
@@ -78,6 +96,7 @@ class TokenModel(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
         self.extras = nn.ModuleDict()     # a paradigm's own modules (Paradigm.attach)
+        self.decoder: Decoder | None = None   # seam: a compiled decoding step (compile_decode)
         # created last so that enabling it leaves every other initial weight unchanged
         self.image_grid, self.code_start = image_grid, code_start
         self.image_pos = None
@@ -183,18 +202,14 @@ class TokenModel(nn.Module):
         return self.logits(self.hidden(tokens, pos, mask))
 
     def compile_decode(self, on: bool = True, backend: str = "aoti") -> None:
-        """Run `decode_logits` through a compiled fixed-shape step (model/decode.py; the first
-        step of each new shape pays the compile), or eagerly again (on=False).
-        backend: "aoti" (AOTInductor, no per-call guards; per vocabulary slice one library
-        for up to 8 rows and one for 9 to 256, any cache capacity) or "inductor"
-        (torch.compile, one graph per rows x cache capacity). With "aoti", the prompt fills
-        before decoding (the backbone over a prompt from cache slot 0, last token out) run
-        through a compiled library as well (`DecodeStep.fill`: float32 on a CPU; one library,
-        rows and tokens dynamic)."""
-        from unimm.model.decode import DecodeStep
-        step = DecodeStep(self, backend) if on else None
-        self.__dict__["_decode"] = step
-        self.backbone.__dict__["_fill"] = step      # prompt fills: DecodeStep.fill
+        """Run `decode_logits` through a compiled fixed-shape step, and prompt fills through a
+        compiled fill, from unimm.fast (`unimm.fast.compile_decode`: backends, what is compiled
+        when); on=False: eagerly again. Without the fast package (UNIMM_FAST=0, or not
+        installed) a warning, and decoding stays eager: the same outputs, more slowly."""
+        if not on:
+            self.decoder = self.backbone.filler = None
+        elif ops.require_fast("compiled decoding") is not None:
+            ops.fast.compile_decode(self, backend)
 
     def decode_logits(self, tok: Tensor, pos: Tensor, slots: Tensor, cache, start: int,
                       lo: int, hi: int) -> Tensor:
@@ -202,12 +217,11 @@ class TokenModel(nn.Module):
         float32 logits (R, hi - lo) of vocabulary rows [lo, hi) for the token after it.
         tok (R, 1), pos (R, 1, 3); `slots` Bool (R, cache.max_len): the cache slots each row
         may attend to once written (`decode_slots`)."""
-        decode = self.__dict__.get("_decode")
-        if decode is None:
-            mask = slots[:, None, None, :start + 1]                           # (R, 1, 1, s)
-            h = self.hidden(tok, pos, mask, cache=cache, start=start, last=True)[:, -1]
-            return self.logits(h, lo, hi).float()
-        return decode(tok, pos, slots, cache, start, lo, hi)
+        if self.decoder is not None:
+            return self.decoder(tok, pos, slots, cache, start, lo, hi)
+        mask = slots[:, None, None, :start + 1]                               # (R, 1, 1, s)
+        h = self.hidden(tok, pos, mask, cache=cache, start=start, last=True)[:, -1]
+        return self.logits(h, lo, hi).float()
 
     @staticmethod
     def decode_slots(valid: Tensor, cache) -> Tensor:
@@ -218,9 +232,8 @@ class TokenModel(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None, reuse: bool = False):
         """`Backbone.new_cache`; `reuse`: memory from (and back to) the backbone's pool."""
-        decode = self.__dict__.get("_decode")
-        if decode is not None and decode.backend == "inductor":   # one graph per capacity:
-            max_len = 64 * -(-max_len // 64)            # capacities in steps of 64, few shapes
+        if self.decoder is not None:
+            max_len = self.decoder.capacity(max_len)
         return self.backbone.new_cache(batch, max_len, dtype=dtype, device=device, reuse=reuse)
 
     def num_params(self) -> int:

@@ -141,28 +141,22 @@ class Autoregressive(Paradigm):
         tokens together. Janus-size guided batch of 16: the unconditional half of the fill
         shrinks from 16 padded rows to one row plus 16 tokens. Returns the last hidden states
         (R, D), as the plain fill does (equal up to float rounding; tests compare)."""
-        from ..model.cache import KVCache
         tokens, pos = batch.tokens, batch.pos
         R, T = tokens.shape
         B = R // 2
         n = batch.valid.sum(1).tolist()
-
-        def rows(a: int, b: int) -> KVCache:             # a view: writes land in `cache`
-            return KVCache(cache.k[:, a:b], cache.v[:, a:b])
-        hc = self.hidden(model, tokens[:B], pos[:B], mask[:B], {}, cache=rows(0, B),
-                         last=True)[:, -1]
+        hc = self.hidden(model, tokens[:B], pos[:B], mask[:B], {}, cache=cache.rows(0, B),
+                         last=True)[:, -1]               # (views: writes land in `cache`)
         j = lead
         a = T - n[j]                                     # the lead row's first real slot
-        lead_rows = rows(j, j + 1)
+        lead_rows = cache.rows(j, j + 1)
         lead_rows.length = a                             # its left padding: never attended
         self.hidden(model, tokens[j:j + 1, a:T - 1], pos[j:j + 1, a:T - 1],
                     mask[j:j + 1, :, a:T - 1, :T - 1], {}, cache=lead_rows, start=a, last=True)
         for i in range(B, R):                            # row i's prefix: n[i] - 1 slots
             if i != j:
-                src = slice(a, a + n[i] - 1)
-                cache.k[:, i, :, T - n[i]:T - 1] = cache.k[:, j, :, src]
-                cache.v[:, i, :, T - n[i]:T - 1] = cache.v[:, j, :, src]
-        uncond = rows(B, R)
+                cache.copy_slots(j, a, i, T - n[i], n[i] - 1)
+        uncond = cache.rows(B, R)
         uncond.length = T - 1
         hu = self.hidden(model, tokens[B:, T - 1:], pos[B:, T - 1:], mask[B:, :, T - 1:],
                          {}, cache=uncond, start=T - 1, last=True)[:, -1]

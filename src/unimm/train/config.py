@@ -167,7 +167,7 @@ class EvalConfig:
     # KV caches in bf16, which is what their keys and values are computed in): ~4x the matmul
     # rate on CPUs with AVX512-BF16, which pays when a step is a compute-bound span forward
     # (masked, flow, mmada) and, with compiled decoding, for token-by-token steps (their
-    # library then computes in bf16: model/decode.py); outputs may differ from fp32.
+    # library then computes in bf16: fast/decode.py); outputs may differ from fp32.
     precision: Literal["fp32", "bf16"] = "fp32"
 
     # Accepted ranges of the size fields, checked before anything is allocated.

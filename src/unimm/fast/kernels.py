@@ -3,10 +3,10 @@ code: the same C++ compiler, torch's headers, the CPU's vector ISA) and kept in 
 cache next to the compiled decoding steps.
 
 One kernel so far: `decode_attention` (csrc/decode_attention.cpp), the attention of a decoding
-step over its key/value window, which the compiled steps (model/decode.py) call instead of the
-attention inductor generates. Measured at the Janus-compatible shape (32 rows, 6 heads of 32,
-64 slots, keys and values in DRAM, 1 thread): 198 us per layer against 295 us (a plain read of
-the same bytes: 161 us).
+step over its key/value window, which the compiled steps (fast/decode.py) call instead of the
+attention inductor generates: at many rows a step's attention is bound by reading the keys and
+values from memory, and the kernel reads them in two plain streams (why, in the source; its
+speed against inductor's and against a plain read: docs/fast.md).
 
 Where it cannot be built (no C++ compiler or ninja, another platform) `decode_attention()`
 returns None once with a warning, and the steps keep inductor's attention: the same results

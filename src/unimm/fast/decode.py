@@ -1,37 +1,35 @@
-"""One-token decoding steps with fixed shapes, for a compiler (AOTInductor or `torch.compile`).
+"""Compiled one-token decoding steps and prompt fills (AOTInductor or `torch.compile`), plugged
+into the model's `decoder` and `filler` seams by `unimm.fast.compile_decode`.
 
 The eager step (`Backbone.forward` with a cache) attends over the filled part of the cache,
 whose length grows every step, and writes the new key/value into the cache inside the graph; a
 compiler then either recompiles per length or copies whole cache buffers to make the write
-functional (measured: slower than eager). This step is written for a compiler instead:
+functional (measured: slower than eager). The compiled step (`steps.static_step`) is written
+for a compiler instead:
 
-- every tensor has the same shape at every step: attention reads all `m` slots of the cache
-  under an additive mask given as an input (`step_bias`: slots not yet written and left
-  padding are masked);
+- every tensor has the same shape at every step: attention reads the cache's slots under an
+  additive mask given as an input (`step_bias`: slots not yet written and left padding are
+  masked);
 - the cache is only *read* inside the graph: the new token attends to the cached slots plus
   itself (its own key/value held apart, combined in one softmax), and returns its keys/values,
-  which `DecodeStep` writes into the cache afterwards in one `index_copy_` per tensor;
-- attention is written out (scores, max, exp, weighted sum), so inductor fuses it into a few
-  loops instead of calling SDPA around copies.
+  which `DecodeStep` writes into the cache (or its window, fast/window.py) afterwards.
 
-So one compiled graph serves every step of a decoding loop of a given capacity. The result
-equals the eager step up to float rounding (~2e-6 on hidden states at the default size; tests
-compare the greedy outputs).
+So one compiled graph serves every step of a decoding loop. The result equals the eager step
+up to float rounding (~2e-6 on hidden states at the default size; tests compare the greedy
+outputs).
 
 Two compilers (`DecodeStep(model, backend=...)`):
 - "aoti" (the default): the step is exported (`torch.export`) and compiled ahead of time by
   AOTInductor into a shared library, loaded in this process, two per (vocabulary slice,
   dtypes, device): one for batches of up to 8 rows, one for 9 to 256 (rows are a dynamic
   dimension); the number of cache slots is dynamic too, and each step reads only a window of
-  the cache's first slots (the filled ones, rounded up to 16; `DecodeStep._window`), not its
-  whole capacity. Libraries are kept on disk between processes (`library_cache`, keyed by
-  torch's version, the CPU's ISA, the graph and the weights). A call runs the
-  generated C++ directly: no Dynamo guards and no Python wrapper around each kernel. At the
-  Janus-compatible default size on the 2-core dev CPU, a guided batch-1 step (2 rows) took
-  1.0 ms this way against 1.8 ms under `torch.compile` and 4.4 ms eagerly (median of 7
-  interleaved rounds in one process). The library does not check shapes, so the step does.
+  the cache's first slots (fast/window.py), not its whole capacity. Libraries are kept on disk
+  between processes (`library_cache`, keyed by torch's version, the CPU's ISA, the graph and
+  the weights). A call runs the generated C++ directly: no Dynamo guards and no Python
+  wrapper around each kernel, which makes it several times faster than eager decoding and
+  than `torch.compile` (docs/fast.md).
 - "inductor": `torch.compile(fullgraph, dynamic=False)`, guarded by Dynamo at every call, one
-  graph per (rows, capacity).
+  graph per (rows, capacity); caches are made in capacities of multiples of 64 (`capacity`).
 Both freeze the weights into the compiled code (prepacked on CPU), so a compiled step is for
 inference only and stale once the weights change. Under autocast (eval.precision = "bf16") the
 AOTInductor library is traced from a copy of the weights in autocast's precision and computes
@@ -54,132 +52,21 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from unimm.model import kernels
-from unimm.model.cache import BufferPool, KVCache
+from unimm.fast import kernels
+from unimm.fast.pool import BufferPool
+from unimm.fast.steps import static_fill, static_step, step_bias
+from unimm.fast.window import WINDOW, Window
+from unimm.model.cache import KVCache
 from unimm.model.layers import autocast_dtype
-from unimm.model.rotary import apply_rotary
-
-
-def step_bias(slots: Tensor, start: int, dtype: torch.dtype) -> Tensor:
-    """The additive attention mask of a decoding step, (r, m) in `dtype`: 0 where a row may
-    attend to a cache slot (`slots`, Bool (r, m): its valid prefix and every generated slot)
-    that is already written (before `start`, the new token's slot), -inf elsewhere."""
-    bias = torch.zeros(slots.shape, dtype=dtype, device=slots.device)
-    bias.masked_fill_(~slots, float("-inf"))
-    bias[:, start:] = float("-inf")
-    return bias
-
-
-def step_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, bias: Tensor, k: Tensor,
-                   v: Tensor, scale: float) -> Tensor:
-    """A decoding step's attention, written out for the compiler: queries q (r, g, n, e) (n
-    per key/value head) against the cache's keys / values (r, g, m, e) under the additive mask
-    bias (r, m), and against the new token's own k, v (r, g, 1, e), which are not in the cache
-    yet. Returns (r, g, n, e). What the native CPU kernel `unimm::decode_attention` computes."""
-    kc, vc = k_cache.to(q.dtype), v_cache.to(q.dtype)
-    s_old = (q @ kc.transpose(-1, -2)) * scale + bias[:, None, None]        # (r, g, n, m)
-    s_new = (q * k).sum(-1, keepdim=True) * scale                           # (r, g, n, 1)
-    top = torch.maximum(s_old.amax(-1, keepdim=True), s_new)
-    p_old, p_new = (s_old - top).exp(), (s_new - top).exp()
-    return (p_old @ vc + p_new * v) / (p_old.sum(-1, keepdim=True) + p_new)
-
-
-def _heads(blk, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A block's queries (b, h, t, e), keys and values (b, g, t, e) for its input x (b, t, d):
-    the attention norm, the fused QKV projection, QK-norm and rotary, as `Attention.forward`
-    computes them (written with F.linear for the compiled steps and fills)."""
-    at = blk.attn
-    b, t, _ = x.shape
-    h, g, e = at.n_heads, at.n_kv_heads, at.head_dim
-    qkv = F.linear(blk.attn_norm.forward(x), at.qkv.weight)
-    qkv = qkv.view(b, t, h + 2 * g, e).transpose(1, 2)                     # (b, h+2g, t, e)
-    if at.qk_norm:
-        q, k = at.q_norm.forward(qkv[:, :h]), at.k_norm.forward(qkv[:, h:h + g])
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    else:
-        q, k = apply_rotary(qkv[:, :h + g], cos, sin).split([h, g], dim=1)
-    return q, k, qkv[:, h + g:]
-
-
-def static_step(model, tok: Tensor, pos: Tensor, bias: Tensor, k_cache: Tensor,
-                v_cache: Tensor, lo: int, hi: int,
-                native: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """One new token per row against a read-only cache.
-
-    tok (r, 1) token ids, pos (r, 1, 3) positions, bias (r, m) the additive mask over the
-    cache's slots (`step_bias`; given as an input, not built from the slots in the graph: the
-    compiler would recompute it inside every attention loop, 3-6 % of a step at 16-32 rows and
-    48-112 slots), caches (l, r, g, m, e), [lo, hi) the vocabulary slice to score. Returns
-    float32 logits (r, hi - lo) of the next token and the new token's keys / values
-    (l, r, g, 1, e). `native`: the attention through the CPU kernel `unimm::decode_attention`
-    (model/kernels.py) where it applies (float32 on a CPU) and builds; else written out here
-    for the compiler."""
-    bb = model.backbone
-    cfg = bb.cfg
-    r = tok.shape[0]
-    h, g, e = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    x = model.embed_tokens(tok, pos, dense=True)                           # (r, 1, d)
-    rot = bb.rotary
-    coord = pos[..., rot.axis]
-    cos, sin = rot.cos[coord, rot.pair].unsqueeze(1), rot.sin[coord, rot.pair].unsqueeze(1)
-    scale = e ** -0.5
-    attend = step_attention
-    if native and k_cache.device.type == "cpu" and (
-            x.dtype == k_cache.dtype == bias.dtype == torch.float32):
-        attend = kernels.decode_attention() or step_attention
-    keys, values = [], []
-    for layer, blk in enumerate(bb.blocks):
-        at = blk.attn
-        q, k, v = _heads(blk, x, cos, sin)                                  # (r, h|g, 1, e)
-        keys.append(k)
-        values.append(v)
-        q = q.view(r, g, h // g, e)                                         # grouped heads
-        y = attend(q, k_cache[layer], v_cache[layer], bias, k, v, scale)
-        x = x + F.linear(y.reshape(r, 1, h * e), at.proj.weight)           # y (r, g, h/g, e)
-        x = x + blk.mlp.forward(blk.mlp_norm.forward(x))
-    logits = model.logits(bb.norm.forward(x)[:, -1], lo, hi).float()
-    return logits, torch.stack(keys), torch.stack(values)
-
-
-def static_fill(model, x: Tensor, pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A prompt fill (`Backbone.forward(x, pos, mask, cache, start=0, last=True)`) written for
-    AOTInductor, with the cache left out of the graph: x (b, t, d) input embeddings, pos
-    (b, t, 3), mask Bool (b, 1, t, t) "may attend". Returns the last token's final hidden
-    state (b, 1, d) and every token's keys and values (l, b, g, t, e), which `DecodeStep.fill`
-    writes into the cache. The same operations as the eager blocks (the last block computes
-    its attention output and MLP for the last token only), so inductor can fuse rotary, the
-    norms and the residual additions around oneDNN's GEMMs."""
-    bb = model.backbone
-    cfg = bb.cfg
-    b, t, _ = x.shape
-    h, g, e = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    cos, sin = bb.rotary.forward(pos)                                       # (b, 1, t, p)
-    keys, values = [], []
-    n = len(bb.blocks)
-    for layer, blk in enumerate(bb.blocks):
-        at = blk.attn
-        q, k, v = _heads(blk, x, cos, sin)                                  # (b, h|g, t, e)
-        keys.append(k)
-        values.append(v)
-        if g != h:                                                          # grouped heads
-            k, v = k.repeat_interleave(h // g, dim=1), v.repeat_interleave(h // g, dim=1)
-        m = mask
-        if layer == n - 1:              # the last block: the last query only (as `last`)
-            q, m, x = q[:, :, -1:], mask[..., -1:, :], x[:, -1:]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=m)          # (b, h, t', e)
-        x = x + F.linear(y.transpose(1, 2).reshape(b, -1, h * e), at.proj.weight)
-        x = x + blk.mlp.forward(blk.mlp_norm.forward(x))
-    return bb.norm.forward(x), torch.stack(keys), torch.stack(values)
 
 
 def _direct(package):
     """A loaded AOTInductor package as a plain function of the step's five tensors: its
     loader's `boxed_run` on them, without the package's per-call pytree work (it parses the
-    input and output specs from JSON at every call: ~25 µs of a ~0.3 ms 2-row step). The
-    package itself where its loader has no `boxed_run` (another torch)."""
+    input and output specs from JSON at every call, a noticeable share of a small step:
+    docs/fast.md). The package itself where its loader has no `boxed_run` (another torch)."""
     loader = getattr(package, "loader", None)
     if not callable(getattr(loader, "boxed_run", None)):
         return package
@@ -214,23 +101,20 @@ BACKENDS = ("aoti", "inductor")
 
 SMALL = 8    # row counts up to this share one library (dynamic rows, autotuned GEMMs) ...
 LARGE = 256  # ... and row counts above it up to this another (dynamic rows, oneDNN GEMMs)
-WINDOW = 16  # AOTInductor steps read the cache's first slots in multiples of this many
 # The prompt fill's library: weights frozen (prepacked for oneDNN on CPU) and its buffers
 # (intermediates and outputs) planned into one pool allocated per call. Without the pool, its
 # many intermediates, all freed at the end of a call, took the heap above glibc's trim
-# threshold: ~6,900 page faults per batch-16 Janus-size answer fill, which ate its gain over
-# the eager fill (87.8 vs 89.1 ms inside the job); with it, ~0 faults and 74.5-76.3 vs
-# 82.9-86.9 ms (one process, the fill toggled per job, 8 jobs each, three runs).
+# threshold: thousands of page faults per batch-16 answer fill, which ate its gain over the
+# eager fill (docs/fast.md).
 FILL_OPTIONS = {"freezing": True, "memory_planning": True, "memory_pool": "combined"}
 
 
 def aoti_options(device: torch.device, small: bool) -> dict:
     """Inductor settings for the ahead-of-time step. For small batches on CPU, `max_autotune`
     with inductor's C++ GEMM template: the projections become generated micro-kernels over
-    prepacked weights, timed against ATen / oneDNN's at compile time (the faster is kept).
-    Measured at the default size (2 rows, 2-core dev CPU, interleaved): 0.59 ms per step
-    against 1.86 ms, at ~60 s of compiling instead of ~20 s. At 16 and 32 rows it gave no
-    gain in `bench peers` (answers at batch 16 were slower), so larger batches keep oneDNN."""
+    prepacked weights, timed against ATen / oneDNN's at compile time (the faster is kept):
+    about 3x faster steps at 1-2 rows, at about 3x the compile time. At 16 and 32 rows it gave
+    no gain in `bench peers` (docs/fast.md), so larger batches keep oneDNN."""
     opts = {"freezing": True}
     if device.type == "cpu" and small:
         opts.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN",
@@ -285,15 +169,21 @@ class DecodeStep:
         self.fn = torch.compile(lambda *a: static_step(model, *a), fullgraph=True,
                                 dynamic=False, options={"freezing": True})
 
+    def capacity(self, max_len: int) -> int:
+        """The cache capacity to make for `max_len` slots: any for AOTInductor (slots are
+        dynamic), multiples of 64 for torch.compile (one graph per capacity: few shapes)."""
+        return 64 * -(-max_len // 64) if self.backend == "inductor" else max_len
+
     def _lowered(self, dtype: torch.dtype):
         """A copy of the model with its parameters in `dtype` (buffers, e.g. the rotary
         tables, keep theirs), to trace a step in that precision; the compiled library keeps
         its own copy of the weights, so this one is dropped after compiling. The copy leaves
-        out this step and the buffer pools the model's samplers keep."""
+        out this step (the model's decoder, its backbone's filler) and the buffer pools the
+        model's samplers keep."""
         memo = {id(self): None}
         for m in self.model.modules():
             for v in m.__dict__.values():
-                if isinstance(v, BufferPool):
+                if isinstance(v, BufferPool) or getattr(v, "__self__", None) is self:
                     memo[id(v)] = None
         low = copy.deepcopy(self.model, memo)
         for p in low.parameters():
@@ -304,13 +194,12 @@ class DecodeStep:
         """The AOTInductor library for these inputs, compiled on first use: per (vocabulary
         slice, dtypes, device), one for batches of up to SMALL rows (traced and tuned at 2 rows;
         a 1-row library ran slower than this one does at 1 row) and one for SMALL + 1 to LARGE
-        rows with oneDNN's GEMMs (kernels tuned at 2 rows lost to them at 32: 0.83 s against
-        0.59 s per guided batch of 16; at 32 rows this library's step was as fast as one
-        compiled for exactly 32, 4.2 vs 4.4 ms), whose attention is the native CPU kernel
-        (`kernels.decode_attention`, where it builds: a Janus-size guided batch of 16, 337 ->
-        306 ms; the small library keeps inductor's, since calling an op from the library costs
-        more than it saves at 1-2 rows). Rows and cache slots are dynamic in both:
-        steps read a window of the cache (`_window`). `low`: a lower precision to compute in
+        rows with oneDNN's GEMMs (kernels tuned at 2 rows lost to them at 32; at 32 rows this
+        library's step was as fast as one compiled for exactly 32), whose attention is the
+        native CPU kernel (`kernels.decode_attention`, where it builds; the small library keeps
+        inductor's, since calling an op from the library costs more than it saves at 1-2 rows;
+        figures in docs/fast.md). Rows and cache slots are dynamic in both: steps read a
+        window of the cache (fast/window.py). `low`: a lower precision to compute in
         (weights, activations and the new keys/values in it; see `__call__`)."""
         tok, pos, bias, k_cache, v_cache = args
         r = tok.shape[0]
@@ -346,9 +235,8 @@ class DecodeStep:
         where it does not apply (another compiler, autocast, not float32 on a CPU, more than
         LARGE rows, one token) or compiling failed: the caller then fills eagerly. One library
         per (dtype, device): rows and tokens are dynamic. `mask`: Bool (b|1, 1, t, t), or None
-        for causal. Janus-compatible default shape, 1 thread: a batch-1 answer fill (81 tokens)
-        9.0 -> 6.3 ms, a batch-16 one inside the answer job 86-87 -> 75-76 ms (same cache
-        within 1e-6; see FILL_OPTIONS)."""
+        for causal. The same cache within 1e-6, some 10-30 % faster than the eager fill
+        (docs/fast.md). The backbone's `filler` (`Backbone.forward` calls it)."""
         b, t, _ = x.shape
         if (self.backend != "aoti" or self.fill_failed is not None or t < 2 or b > LARGE
                 or x.device.type != "cpu" or x.dtype != torch.float32
@@ -370,7 +258,6 @@ class DecodeStep:
                           f"({self.fill_failed})")
             return None
         cache.flush()
-        cache.window = None
         cache.k[:, :, :, :t] = k
         cache.v[:, :, :, :t] = v
         cache.length = t
@@ -429,35 +316,6 @@ class DecodeStep:
                 warnings.warn(f"could not store the compiled decoding step in {store} ({err})")
         return torch._inductor.aoti_load_package(str(path))
 
-    @staticmethod
-    def _window(cache: KVCache, start: int) -> tuple[Tensor, Tensor]:
-        """The cache's first w slots as contiguous (l, r, g, w, e) tensors, w the next multiple
-        of WINDOW that holds slot `start` (at most the capacity), kept on the cache
-        (`KVCache.window`, which also explains how it is written back) and regrown every WINDOW
-        steps. A step then reads the slots in use, not the whole capacity: with 32 rows,
-        reading 128 slots instead of 64 made the step 1.8x slower on the dev CPU (8.3 vs
-        4.5 ms; the cache outgrew the L3). The windows of a cache share one allocation
-        (`window_store`, the cache's size, from its pool when it has one): a fresh zeroed
-        tensor per regrowth cost ~4 ms of page faults each at 32 rows. Once the next window
-        would reach the capacity, the window is the cache itself (k, v): no copy at all (each
-        copy of the first w slots costs as much as reading them, for every regrowth)."""
-        need = min(cache.max_len, WINDOW * -(-(start + 1) // WINDOW))
-        win = cache.window
-        if win is None or win[0].shape[3] < need:
-            cache.flush()                            # k, v are complete: copy the window anew
-            if need + WINDOW >= cache.max_len:       # the rest fits in one more window:
-                cache.window = (cache.k, cache.v)    # read the whole cache, copy nothing
-                return cache.window
-            if cache.window_store is None:
-                cache.window_store = (cache.scratch(cache.k), cache.scratch(cache.v))
-            l, r, g, _, e = cache.k.shape
-            n = l * r * g * need * e
-            win = tuple(store[:n].view(l, r, g, need, e) for store in cache.window_store)
-            win[0].copy_(cache.k[:, :, :, :need])
-            win[1].copy_(cache.v[:, :, :, :need])
-            cache.window = win
-        return win
-
     def __call__(self, tok: Tensor, pos: Tensor, slots: Tensor, cache: KVCache,
                  start: int, lo: int, hi: int) -> Tensor:
         if not 0 < start <= cache.length or start >= cache.max_len:
@@ -474,18 +332,17 @@ class DecodeStep:
         out = win = None
         # under autocast (a run's eval.precision = "bf16"): a library traced with the weights
         # in autocast's precision, as a bf16 model would run (norms and rotary upcast inside,
-        # logits returned in float32). `bench speed`, 1 thread, against the float32 library:
-        # images 1.11-1.28x faster at batch 1, 1.45-1.54x at batch 16 (README, Speed)
+        # logits returned in float32; faster than the float32 library: docs/fast.md)
         low = autocast_dtype(tok.device.type)
         dtype = next(self.model.parameters()).dtype
         if low == dtype:
             low = None
         if self.backend == "aoti" and self.failed is None and r <= LARGE:  # else: eagerly
             try:   # the library assumes the contiguous layout it was traced with
-                win = self._window(cache, start)
-                w = win[0].shape[3]
+                win = Window.of(cache, start)
+                w = win.k.shape[3]
                 args = (tok.contiguous(), pos.contiguous(),
-                        step_bias(slots[:, :w], start, low or dtype)) + win
+                        step_bias(slots[:, :w], start, low or dtype), win.k, win.v)
                 run = self._runner(args, lo, hi, low)
                 if low is None:
                     out = run(*args)
@@ -500,7 +357,6 @@ class DecodeStep:
                               f"({self.aoti_failed})")
         if out is None:           # the steps below read and write k, v themselves
             cache.flush()
-            cache.window = None
         if out is None and self.backend == "inductor" and self.failed is None:
             try:
                 out = self.fn(tok, pos, step_bias(slots, start, dtype), cache.k, cache.v, lo,
@@ -514,10 +370,10 @@ class DecodeStep:
             logits, k, v = static_step(self.model, tok, pos, step_bias(slots, start, dtype),
                                        cache.k, cache.v, lo, hi)
         k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
-        dest = (cache.k, cache.v) if win is None else win    # the window: flushed later
+        dest = (cache.k, cache.v) if win is None else (win.k, win.v)   # a window: synced later
         dest[0].narrow(3, start, 1).copy_(k)                  # (3x faster than index_copy_)
         dest[1].narrow(3, start, 1).copy_(v)
-        if win is not None and win[0] is not cache.k:
-            cache.pending = start if cache.pending is None else min(cache.pending, start)
+        if win is not None:
+            win.wrote(start)
         cache.length = start + 1
         return logits

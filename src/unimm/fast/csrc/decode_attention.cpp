@@ -1,7 +1,7 @@
 // unimm::decode_attention: one new query per row against a read-only key/value cache, for the
-// compiled decoding steps on the CPU (model/kernels.py builds it; model/decode.py calls it).
+// compiled decoding steps on the CPU (fast/kernels.py builds it; fast/decode.py calls it).
 //
-// The same result as decode.static_step's explicit attention, in float32:
+// The same result as fast/steps.py step_attention, in float32:
 //   s      = q . k_cache[t] * scale + bias[t]      for every cache slot t (bias: 0 or -inf)
 //   s_new  = q . k * scale                          the new token (not in the cache yet)
 //   out    = (sum_t e^(s - top) v_cache[t] + e^(s_new - top) v) / (sum_t e^(s - top) + e^(s_new - top))
