@@ -261,7 +261,7 @@ def test_shapes_world_edit_branches_are_other_edits_of_the_same_source():
 
 def test_edit_branches_config_is_checked():
     from unimm.train.config import DataConfig, RunConfig
-    with pytest.raises(ValueError, match="edit_turns must be >= 1"):
+    with pytest.raises(ValueError, match="edit_turns = 0 is out of range; accepted: 1 to"):
         DataConfig(edit_turns=0)
     with pytest.raises(ValueError, match="digits have no editing"):
         DataConfig(dataset="digits", edit_turns=2)

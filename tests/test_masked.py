@@ -245,5 +245,5 @@ def test_spread_reveals_no_two_neighbours_while_others_remain():
         count += new
         masked &= ~new
     assert bool((count == 1).all())
-    with pytest.raises(ValueError, match="spread must be >= 0"):
+    with pytest.raises(ValueError, match="spread = -1 is out of range; accepted: 0 to"):
         MaskedConfig(spread=-1)
