@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from unimm.paradigms.sequence import split_by_length
-from unimm.train.config import RunConfig
+from unimm.runs import RunConfig
 from unimm.train.trainer import Trainer
 from unimm.utils.config import load_config
 from unimm.utils.io import write_text

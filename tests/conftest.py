@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 def tiny_tokenizer(tmp_path_factory):
     """An image tokenizer trained once per test session with configs/tiny.toml (seconds)."""
     from unimm.tokenizers.train_image import train_image_tokenizer
-    from unimm.train.config import RunConfig
+    from unimm.runs import RunConfig
     from unimm.utils.config import load_config
     out = tmp_path_factory.mktemp("tok")
     train_image_tokenizer(load_config(RunConfig, "configs/tiny.toml").image_tokenizer, out,

@@ -8,7 +8,7 @@ import torch
 from unimm.model.backbone import BackboneConfig
 from unimm.model.unified import TokenModel
 from unimm.pipeline import Pipeline
-from unimm.train.config import RunConfig
+from unimm.runs import RunConfig
 from unimm.train.trainer import Trainer
 from unimm.utils.config import load_config
 

@@ -24,7 +24,7 @@ from unimm.paradigms.decoupled import Decoupled, DecoupledConfig
 from unimm.paradigms.sampling import GREEDY
 from unimm.paradigms.sequence import Vocab
 from unimm.train.contrastive import ContrastiveConfig, TextTowerConfig, train_encoder
-from unimm.train.config import RunConfig
+from unimm.runs import RunConfig
 from unimm.utils.config import load_config
 
 V = Vocab(n_text=40, n_codes=16, grid=(2, 2))          # 8x8 images, 4x4 patches

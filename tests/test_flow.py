@@ -337,7 +337,7 @@ def test_snapping_to_the_nearest_code_decodes_noisy_latents_more_faithfully(tiny
 def test_end_to_end_tiny_run_and_reload(tiny_tokenizer, tmp_path):
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline
-    from unimm.train.config import RunConfig
+    from unimm.runs import RunConfig
     from unimm.train.trainer import Trainer
     from unimm.utils.config import load_config
     cfg = load_config(RunConfig, "configs/tiny.toml",
@@ -367,7 +367,7 @@ def test_end_to_end_tiny_run_and_reload(tiny_tokenizer, tmp_path):
 
 
 def test_resume_gives_the_same_next_loss(tiny_tokenizer, tmp_path):
-    from unimm.train.config import RunConfig
+    from unimm.runs import RunConfig
     from unimm.train.trainer import Trainer
     from unimm.utils.config import load_config
     cfg = load_config(RunConfig, "configs/tiny.toml",

@@ -16,7 +16,7 @@ from unimm.paradigms.ar import ARConfig, Autoregressive, pad_condition
 from unimm.paradigms.base import Turn, format_turn
 from unimm.paradigms.sampling import GREEDY
 from unimm.paradigms.sequence import Vocab
-from unimm.train.config import RunConfig
+from unimm.runs import RunConfig
 
 pytest.importorskip("transformers")
 from unimm.interop.janus import (ConversionError, build_janus, from_janus,  # noqa: E402

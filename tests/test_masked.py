@@ -178,7 +178,7 @@ def test_tiny_run_end_to_end(tiny_tokenizer, tmp_path):
     import numpy as np
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline
-    from unimm.train.config import RunConfig
+    from unimm.runs import RunConfig
     from unimm.train.trainer import Trainer
     from unimm.utils.config import load_config
     tok = tiny_tokenizer

@@ -22,7 +22,7 @@ import uvicorn  # noqa: E402
 from unimm.data.splits import ShapesWorld  # noqa: E402
 from unimm.pipeline import Pipeline  # noqa: E402
 from unimm.serve import ServeSettings, create_app  # noqa: E402
-from unimm.train.config import RunConfig  # noqa: E402
+from unimm.runs import RunConfig  # noqa: E402
 from unimm.train.trainer import Trainer  # noqa: E402
 from unimm.utils.config import load_config  # noqa: E402
 

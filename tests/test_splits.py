@@ -112,7 +112,7 @@ def test_canonical_caption_target_is_a_function_of_the_scene():
 
 def test_reasoning_targets_describe_the_scene_then_answer():
     from unimm.data.text import ANSWER_MARK, caption, final_answer
-    from unimm.train.config import DataConfig
+    from unimm.runs.config import DataConfig
     plain, reasoned = ShapesWorld("train"), ShapesWorld("train", reasoning=True)
     for i in range(30):
         a, b = plain.example(i, "vqa"), reasoned.example(i, "vqa")

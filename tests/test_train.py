@@ -14,9 +14,7 @@ from unimm.data.images import ImageError
 from unimm.data.splits import ShapesWorld
 from unimm.paradigms.sampling import SamplingConfig
 from unimm.pipeline import InputError, Pipeline
-from unimm.train.checkpoint import CheckpointError
-from unimm.train.config import RunConfig
-from unimm.train.run import RunError
+from unimm.runs import CheckpointError, RunConfig, RunError
 from unimm.train.trainer import Trainer
 from unimm.utils.config import load_config
 
@@ -88,7 +86,7 @@ def test_saved_run_reloads_to_identical_outputs(tiny_run):
 
 
 def test_edits_use_their_own_default_guidance(tiny_run, tiny_tokenizer):
-    from unimm.train.config import EvalConfig
+    from unimm.runs import EvalConfig
     d, _ = tiny_run
     pipe = Pipeline.load(d, device="cpu")
     assert pipe.default_edit_guidance == pipe.default_guidance      # not set: the same
@@ -324,7 +322,7 @@ def test_several_edits_per_picture_train(tiny_tokenizer, tmp_path):
 
 
 def test_data_offset_reads_later_examples():
-    from unimm.train.config import TrainConfig
+    from unimm.runs import TrainConfig
     from unimm.train.data import TaskStream
 
     class Rec:                     # records which examples a stream asks for
@@ -375,7 +373,7 @@ def test_sampling_precision_bf16_runs_the_network_under_autocast(tiny_tokenizer,
     (fp32 runs do not) and still give valid answers and images."""
     import dataclasses
     from unimm.pipeline import Pipeline
-    from unimm.train.run import load_run
+    from unimm.runs import load_run
     cfg = tiny(tiny_tokenizer, f"paradigm={paradigm}", "train.max_steps=2")
     Trainer(cfg, tmp_path / paradigm, progress=False).fit()
     seen = {}

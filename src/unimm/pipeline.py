@@ -26,8 +26,7 @@ from .data.images import ImageError, load_image
 from .data.text import ANSWER_MARK, final_answer
 from .paradigms.base import Turn
 from .paradigms.sampling import GREEDY, MAX_GUIDANCE, MAX_TEMPERATURE, SamplingConfig
-from .train.config import PRECISIONS
-from .train.run import Parts, RunError, load_run, resolve_device
+from .runs import PRECISIONS, Parts, RunError, load_run, resolve_device
 
 MAX_PROMPT_CHARS = 1000
 MAX_BATCH = 32

@@ -58,7 +58,7 @@ def _random_parts(config: str, quick: bool, seed: int = 0):
     from ..model.unified import TokenModel
     from ..paradigms import build_paradigm
     from ..paradigms.sequence import Vocab
-    from ..train.config import RunConfig
+    from ..runs import RunConfig
     from ..utils.config import load_config
     cfg = load_config(RunConfig, config, QUICK_SET if quick else [])
     tok = cfg.image_tokenizer.tokenizer

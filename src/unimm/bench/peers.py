@@ -267,7 +267,7 @@ def _flow_parts(spec: dict):
     from ..pipeline import DEFAULT_RUN
     from ..tokenizers.image import load_image_tokenizer
     from ..tokenizers.text import TextTokenizer
-    from ..train.run import build_parts, load_config
+    from ..runs import build_parts, load_config
     cfg = load_config(DEFAULT_RUN)
     model = cfg.model
     if spec.get("shape"):

@@ -340,7 +340,7 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---- one (paradigm, size), in its own process --------------------------------------------------
 
 def _run_config(spec: dict):
-    from ..train.config import RunConfig
+    from ..runs import RunConfig
     from ..utils.config import load_config
     cfg = load_config(RunConfig, spec["config"], [
         f"paradigm={spec['paradigm']}", f"train.threads={spec['threads']}",
@@ -601,8 +601,8 @@ def bench_speed(config: Path, paradigms: list[str], sizes: list[str], out_dir: P
                 repeats: int = 5, device: str = "cpu", threads: int = 1, quick: bool = False,
                 tokenizer: Path | None = None, compile: bool = False,
                 bf16: bool = False) -> dict:
-    from ..train.config import RunConfig
-    from ..train.run import resolve_device
+    from ..runs import RunConfig
+    from ..runs import resolve_device
     from ..utils.config import load_config
     from ..utils.io import write_json, write_text
     check_options(paradigms, sizes, device, threads, repeats)

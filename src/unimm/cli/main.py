@@ -154,7 +154,7 @@ def train_cmd(
     evaluate_after: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on test at the end."),
 ):
     """Train a model (resumes from the run folder's checkpoint when there is one)."""
-    from ..train.config import RunConfig
+    from ..runs import RunConfig
     from ..train.trainer import Trainer
     from ..utils.config import load_config
     cfg = load_config(RunConfig, config, set_)
@@ -172,7 +172,7 @@ def train_cmd(
 
 
 def _check_resume_config(run_dir: Path, cfg) -> None:
-    from ..train.run import load_config as load_run_config
+    from ..runs import load_config as load_run_config
     from ..utils.config import to_dict
     if (run_dir / "config.json").is_file() and (run_dir / "ckpt").exists():
         old = to_dict(load_run_config(run_dir))

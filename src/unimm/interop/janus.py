@@ -30,10 +30,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..paradigms.base import Turn, format_turn
 from ..paradigms.sequence import SPECIALS, Vocab, collate
+from ..pipeline import default_run_dir
+from ..runs import build_parts, load_config, load_run, save_config, save_run_weights
+from ..tokenizers.image import load_image_tokenizer
+from ..tokenizers.text import TextTokenizer
 
 UNIMM_DIR = "unimm"           # our run config + tokenizers inside a converted Janus folder
 
@@ -191,7 +196,6 @@ def to_janus(run: str | Path | None, out: str | Path, device: str = "cpu") -> Pa
     """Convert a saved run into a transformers Janus folder (save_pretrained: safetensors +
     config.json), with our config and tokenizers under unimm/. Written to a temporary folder
     and renamed, so a failure leaves nothing behind."""
-    from ..train.run import load_run
     parts = load_run(run, device=device) if run is not None else _default_parts(device)
     janus = build_janus(parts)
     with _new_folder(out) as tmp:
@@ -218,13 +222,10 @@ def _new_folder(out: str | Path):
 
 
 def _default_parts(device):
-    from ..pipeline import default_run_dir
-    from ..train.run import load_run
     return load_run(default_run_dir(), device=device)
 
 
 def _save_unimm_side(parts, where: Path) -> None:
-    from ..train.run import save_config
     where.mkdir(parents=True)
     save_config(parts.cfg, parts.vocab, where)
     parts.text_tok.save(where / "tokenizer" / "text")
@@ -234,11 +235,6 @@ def _save_unimm_side(parts, where: Path) -> None:
 def from_janus(janus_dir: str | Path, out: str | Path) -> Path:
     """Convert a Janus folder written by `to_janus` (or one of the same layout, with our
     config and tokenizers under unimm/) back into a run folder."""
-    from safetensors.torch import load_file
-
-    from ..tokenizers.image import load_image_tokenizer
-    from ..tokenizers.text import TextTokenizer
-    from ..train.run import build_parts, load_config, save_run_weights
     janus_dir, out = Path(janus_dir), Path(out)
     side = janus_dir / UNIMM_DIR
     if not (side / "config.json").is_file():

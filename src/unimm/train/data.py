@@ -48,7 +48,7 @@ class DigitsSource:
 
 
 def make_source(data, split: str):
-    """The task source a run's data config (train.config.DataConfig) describes."""
+    """The task source a run's data config (runs.config.DataConfig) describes."""
     if data.dataset == "shapes":
         return ShapesWorld(split, data.world, reasoning=data.vqa_reasoning != "none",
                            vqa_turns=data.vqa_turns, vqa_extra_kinds=data.vqa_extra_kinds,

@@ -22,17 +22,25 @@ from tqdm import tqdm
 from ..paradigms.sequence import split_by_length
 from ..utils.io import write_text
 from ..utils.plot import curves
-from .checkpoint import find_checkpoint, load_checkpoint, remove_stale, save_checkpoint
-from .config import RunConfig
-from .data import Encoder, TaskStream, make_source
-from .run import (
+from ..runs import (
+    RunConfig,
+    RunError,
     build_parts,
-    prepare_tokenizers,
+    load_config,
     recorded_weights,
     resolve_device,
     save_config,
     save_run_weights,
 )
+from ..runs.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    remove_stale,
+    save_checkpoint,
+)
+from .data import Encoder, TaskStream, make_source
+from .tokenizer import prepare_tokenizers
 
 
 def lr_at(step: int, cfg, max_steps: int, time_frac: float | None = None) -> float:
@@ -87,8 +95,6 @@ class Trainer:
         self.history: list[dict] = []
 
     def _warm_start(self, src: Path) -> None:
-        from .checkpoint import load_weights
-        from .run import RunError, load_config
         other = load_config(src)
         if other.model != self.cfg.model:
             raise RunError(f"train.init_from={src}: its model shape {other.model} differs from "

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +23,10 @@ from ..paradigms.base import Paradigm
 from ..paradigms.sequence import Vocab
 from ..tokenizers.image import ImageTokenizer, load_image_tokenizer
 from ..tokenizers.text import TextTokenizer
-from ..utils.config import ConfigError, from_dict, to_dict
+from ..utils.config import from_dict, to_dict
 from ..utils.io import read_json, write_json
 from .checkpoint import find_checkpoint, load_weights, save_weights, weights_sha256
 from .config import RunConfig
-from .data import make_source, text_corpus
 
 RUN_FORMAT = "unimm.run"
 RUN_VERSION = 1
@@ -57,38 +55,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _train_image_tokenizer(cfg: RunConfig, out: Path) -> None:
-    from ..tokenizers.train_image import train_image_tokenizer
-    tc = cfg.image_tokenizer
-    if tc.tokenizer.image_size != cfg.data.world.image_size:
-        raise ConfigError(f"image_tokenizer.tokenizer.image_size ({tc.tokenizer.image_size}) "
-                          f"must equal data.world.image_size ({cfg.data.world.image_size})")
-    train_image_tokenizer(tc, out, progress=False, dataset=cfg.data.dataset)
+def load_tokenizers(run_dir: Path) -> tuple[TextTokenizer, ImageTokenizer]:
+    """The run's BPE and image tokenizer; RunError when the folder has none (tokenizers are
+    trained, or copied, by a training step: unimm.train.tokenizer.prepare_tokenizers)."""
+    run_dir = Path(run_dir)
+    try:
+        text_tok = TextTokenizer.load(run_dir / "tokenizer" / "text")
+        image_tok = load_image_tokenizer(run_dir / "tokenizer" / "image")
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run_dir}: cannot load the tokenizers ({e})") from None
+    return text_tok, image_tok
 
 
-def prepare_tokenizers(cfg: RunConfig, run_dir: Path) -> tuple[TextTokenizer, ImageTokenizer]:
-    """Load the run's tokenizers, training (or copying) them first if the run has none."""
-    img_dir, txt_dir = run_dir / "tokenizer" / "image", run_dir / "tokenizer" / "text"
-    if cfg.train.init_from and not (img_dir / "tokenizer.json").is_file():
-        src = Path(cfg.train.init_from) / "tokenizer"
-        if not (src / "image" / "tokenizer.json").is_file() or \
-                not (src / "text" / "text_tokenizer.json").is_file():
-            raise RunError(f"train.init_from={cfg.train.init_from}: no tokenizers under {src}")
-        shutil.copytree(src, run_dir / "tokenizer", dirs_exist_ok=True)
-    if not (img_dir / "tokenizer.json").is_file():
-        if cfg.image_tokenizer_path:
-            src = Path(cfg.image_tokenizer_path)
-            if not (src / "tokenizer.json").is_file():
-                raise RunError(f"image_tokenizer_path {src} holds no tokenizer.json")
-            img_dir.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(src, img_dir, dirs_exist_ok=True)
-        else:
-            _train_image_tokenizer(cfg, img_dir)
-    if not (txt_dir / "text_tokenizer.json").is_file():
-        src = make_source(cfg.data, "train")
-        tok = TextTokenizer.train(text_corpus(src, cfg.data.text_corpus), cfg.data.text_vocab_size)
-        tok.save(txt_dir)
-    return TextTokenizer.load(txt_dir), load_image_tokenizer(img_dir)
+def has_tokenizers(run_dir: Path) -> bool:
+    """Whether the run folder holds both tokenizers' files (loading may still fail)."""
+    tok = Path(run_dir) / "tokenizer"
+    return (tok / "image" / "tokenizer.json").is_file() and \
+        (tok / "text" / "text_tokenizer.json").is_file()
 
 
 def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
@@ -152,11 +135,7 @@ def load_run(run_dir, device="cpu") -> Parts:
     """Rebuild a saved run for inference (weights: model.safetensors, else the checkpoint)."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    try:
-        text_tok = TextTokenizer.load(run_dir / "tokenizer" / "text")
-        image_tok = load_image_tokenizer(run_dir / "tokenizer" / "image")
-    except (OSError, ValueError) as e:
-        raise RunError(f"{run_dir}: cannot load the tokenizers ({e})") from None
+    text_tok, image_tok = load_tokenizers(run_dir)
     parts = build_parts(cfg, text_tok, image_tok)
     w = run_dir / WEIGHTS
     if w.is_file():

@@ -1,4 +1,12 @@
-"""The run configuration: it only composes the sub-configs that live next to their code."""
+"""The run configuration, as a run folder records it (config.json) and `unimm train` reads it.
+
+`RunConfig` composes the sub-configs that live next to their code (the backbone's in model/,
+each paradigm's in paradigms/, the world's in data/). Two tables are defined here instead:
+`TrainConfig` (the trainer's settings, train/trainer.py) and `EvalConfig` (evaluation counts and
+the run's sampling defaults, read by eval/ and by the Pipeline). Their code sits in layers above
+runs/ (train, eval, pipeline), which import this module; defining the tables there would make
+runs/ import upwards. Both are plain dataclasses with no imports beyond utils/ and paradigms/.
+"""
 
 from __future__ import annotations
 
