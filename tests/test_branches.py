@@ -237,7 +237,7 @@ def test_each_edit_branch_computes_what_its_edit_alone_computes(uncond):
 
 def test_shapes_world_edit_branches_are_other_edits_of_the_same_source():
     from unimm.data.shapes import HOLDOUT_PAIRS
-    from unimm.eval.judge import judge
+    from unimm.data.shapes_judge import judge
     w1, w3 = ShapesWorld("train"), ShapesWorld("train", edit_turns=3)
     n_more = 0
     for i in range(80):
@@ -261,7 +261,7 @@ def test_shapes_world_edit_branches_are_other_edits_of_the_same_source():
 
 def test_edit_branches_config_is_checked():
     from unimm.runs.config import DataConfig, RunConfig
-    with pytest.raises(ValueError, match="edit_turns must be >= 1"):
+    with pytest.raises(ValueError, match="edit_turns = 0 is out of range"):
         DataConfig(edit_turns=0)
     with pytest.raises(ValueError, match="digits have no editing"):
         DataConfig(dataset="digits", edit_turns=2)

@@ -4,7 +4,7 @@ import pytest
 from unimm.data.shapes import HOLDOUT_PAIRS
 from unimm.data.splits import (OFFSETS, SPLITS, ShapesWorld, WorldConfig,
                                training_generation_targets)
-from unimm.eval.geneval import CATEGORIES, prompt_suite, sample_prompt, target_scene
+from unimm.data.geneval import CATEGORIES, prompt_suite, sample_prompt, target_scene
 
 
 def test_splits_disjoint_by_seed():

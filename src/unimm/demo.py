@@ -9,16 +9,20 @@ images. Everything lands in report.md + PNGs.
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .data import digits as D
+from .data.digits_judge import get_digit_judge
+from .data.geneval import CATEGORIES, sample_prompt
 from .data.shapes import HOLDOUT_PAIRS
+from .data.shapes_judge import judge_batch
 from .data.splits import CAPTION_PROMPT, SPLIT_SIZE, ShapesWorld
 from .data.text import EDIT_KINDS, QUESTION_KINDS, caption, normalize_answer, parse_caption
-from .eval.geneval import CATEGORIES, sample_prompt
-from .eval.judge import judge_batch
+from .pipeline import Pipeline
 from .utils.io import write_text
 from .utils.plot import image_grid, side_by_side
 
@@ -26,9 +30,6 @@ GREEN, RED = "green", "red"
 
 
 def run_demo(out: str | Path, run=None, seed: int | None = None, n: int = 8) -> Path:
-    import random
-
-    from .pipeline import Pipeline
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,8 +97,6 @@ def run_demo(out: str | Path, run=None, seed: int | None = None, n: int = 8) -> 
 
 
 def _digits_demo(pipe, out: Path, seed, t_start) -> Path:
-    from .data import digits as D
-    from .eval.digits_judge import get_digit_judge
     d = D.Digits("test", image_size=pipe.image_size)
     idx = list(range(10))
     preds = pipe.answer([d.image(i) for i in idx], [D.question()] * 10)

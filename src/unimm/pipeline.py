@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .data.images import ImageError, load_image
+from .data.splits import CAPTION_PROMPT
 from .data.text import ANSWER_MARK, final_answer
 from .paradigms.base import Turn
 from .paradigms.sampling import GREEDY, MAX_GUIDANCE, MAX_TEMPERATURE, SamplingConfig
@@ -208,7 +209,6 @@ class Pipeline:
 
     # ---- the friendly API --------------------------------------------------------------------
     def caption(self, image) -> str:
-        from .data.splits import CAPTION_PROMPT
         return self.answer([image], [CAPTION_PROMPT])[0]
 
     def ask(self, image, question: str, reasoning: bool = False) -> str:

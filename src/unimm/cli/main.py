@@ -126,13 +126,13 @@ def judge_cmd(
 ):
     """Parse images back into scenes (objects with shape, colour, size, cell)."""
     if selftest:
-        from ..eval.selftest import selftest as run
+        from ..data.shapes_selftest import selftest as run
         _echo_json(run(n, image_size, seed))
         return
     if not images:
         raise ValueError("give one or more image files, or --selftest")
     from ..data.text import caption
-    from ..eval.judge import judge
+    from ..data.shapes_judge import judge
     for p in images:
         scene = judge(p)
         d = scene.to_dict()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from ..utils.plot import image_grid, side_by_side
+from .digits import Digits, prompt
 from .splits import TASKS, ShapesWorld, WorldConfig
 
 
 def preview_grid(dataset: str, split: str, task: str, n: int, out, image_size: int = 32,
                  start: int = 0):
     if dataset == "digits":
-        from .digits import Digits, prompt
         d = Digits(split, image_size=image_size)
         idx = [(start + i) % len(d) for i in range(n)]
         return image_grid([d.image(i) for i in idx],

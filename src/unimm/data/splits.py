@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..eval.geneval import CATEGORIES, GenevalPrompt, sample_prompt, target_scene
+from .geneval import CATEGORIES, GenevalPrompt, sample_prompt, target_scene
 from ..utils.config import check_limits
 from .shapes import (
     DEFAULT_IMAGE_SIZE,

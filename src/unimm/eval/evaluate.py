@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..data import digits as D
+from ..data.digits_judge import generation_report, recognition_accuracy
+from ..data.geneval import GenevalPrompt, Want, prompt_suite
 from ..data.shapes import HOLDOUT_PAIRS
+from ..data.shapes_judge import judge_batch
 from ..data.splits import ShapesWorld
 from ..data.text import EDIT_KINDS, QUESTION_KINDS, caption
 from ..utils.plot import image_grid, side_by_side
 from . import metrics as M
-from .geneval import GenevalPrompt, Want, prompt_suite
-from .judge import judge_batch
 
 _SUITE_SEED = {"train": 0, "val": 1, "test": 2}
 
@@ -142,8 +144,6 @@ def _sample_grids(d: Path, t2i, edits) -> None:
 
 
 def _evaluate_digits(pipe, split, cfg, quick, samples_dir) -> dict:
-    from ..data import digits as D
-    from .digits_judge import generation_report, recognition_accuracy
     d = D.Digits(split, image_size=pipe.image_size)
     n = min(_n(cfg.n_digits, cfg, quick), len(d))
     idx = list(range(n))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..data.shapes import Scene
 from ..data.text import normalize_answer, parse_caption
-from .geneval import CATEGORIES, GenevalPrompt
+from ..data.geneval import CATEGORIES, GenevalPrompt
 
 
 def _mean(xs) -> float:

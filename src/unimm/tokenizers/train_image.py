@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.digits import Digits
+from ..data.digits_judge import get_digit_judge
+from ..data.shapes_judge import judge_batch
 from ..data.splits import ShapesWorld, WorldConfig
-from ..eval.judge import judge_batch
 from ..utils.config import check_limits, to_dict
 from ..utils.io import write_json
 from ..utils.plot import image_grid
@@ -95,7 +97,6 @@ def read_scenes(images: np.ndarray) -> list:
 
 def read_digits(images: np.ndarray) -> list:
     """What the independent digit classifier reads in digit images."""
-    from ..eval.digits_judge import get_digit_judge
     return [int(x) for x in get_digit_judge().classify(images)]
 
 
@@ -103,7 +104,6 @@ class _DigitImages:
     """Digits split with the `image(i)` interface of ShapesWorld (cycling through the split)."""
 
     def __init__(self, split: str, image_size: int):
-        from ..data.digits import Digits
         self.d = Digits(split, image_size=image_size)
 
     def image(self, i: int) -> np.ndarray:

@@ -46,6 +46,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..data.splits import ShapesWorld, WorldConfig
 from ..model.backbone import Backbone, BackboneConfig
 from ..model.vit import (
     ENCODER_CONFIG,
@@ -58,6 +59,7 @@ from ..model.vit import (
 from ..tokenizers.text import TextTokenizer
 from ..utils.config import check_limits, to_dict
 from ..utils.io import write_json
+from .data import DigitsSource
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,8 @@ class Pairs:
     def __init__(self, dataset: str, split: str, image_size: int):
         self.dataset = dataset
         if dataset == "shapes":
-            from ..data.splits import ShapesWorld, WorldConfig
             self.src = ShapesWorld(split, WorldConfig(image_size=image_size))
         elif dataset == "digits":
-            from .data import DigitsSource
             self.src = DigitsSource(split, image_size)
         else:
             raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")

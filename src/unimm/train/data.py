@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 
+from ..data import digits as D
 from ..data.splits import CAPTION_PROMPT, Example, ShapesWorld
 from ..paradigms.base import Paradigm, Turn
 from ..paradigms.sequence import Batch
@@ -23,15 +24,13 @@ class DigitsSource:
     tasks = ("caption", "vqa", "t2i")
 
     def __init__(self, split: str, image_size: int = 32):
-        from ..data.digits import Digits
-        self.d = Digits(split, image_size=image_size)
+        self.d = D.Digits(split, image_size=image_size)
         self.split = split
 
     def __len__(self) -> int:
         return len(self.d)
 
     def example(self, i: int, task: str) -> Example:
-        from ..data import digits as D
         j = i % len(self.d)
         rng = random.Random(i * 7 + {"caption": 1, "vqa": 2, "t2i": 3}[task])
         lab, img = self.d.label(j), self.d.image(j)

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..eval.evaluate import evaluate
 from ..paradigms.sequence import split_by_length
+from ..pipeline import Pipeline
 from ..utils.io import write_text
 from ..utils.plot import curves
 from ..runs import (
@@ -215,8 +217,6 @@ class Trainer:
         return torch.as_tensor(out), stats
 
     def evaluate(self, quick: bool = True) -> dict:
-        from ..eval.evaluate import evaluate
-        from ..pipeline import Pipeline
         model = self.ema or self.model
         model.eval()
         pipe = Pipeline(self.parts, model=model, device=self.device)
