@@ -112,7 +112,7 @@ def test_canonical_caption_target_is_a_function_of_the_scene():
 
 def test_reasoning_targets_describe_the_scene_then_answer():
     from unimm.data.text import ANSWER_MARK, caption, final_answer
-    from unimm.runs.config import DataConfig
+    from unimm.data.worlds import DataConfig
     plain, reasoned = ShapesWorld("train"), ShapesWorld("train", reasoning=True)
     for i in range(30):
         a, b = plain.example(i, "vqa"), reasoned.example(i, "vqa")
@@ -130,7 +130,8 @@ def test_reasoning_targets_describe_the_scene_then_answer():
 
 def test_reasoning_targets_tokenize_as_a_whole_and_mark_the_final_answer():
     from unimm.tokenizers.text import TextTokenizer
-    from unimm.train.data import Encoder, text_corpus
+    from unimm.data.world import text_corpus
+    from unimm.train.data import Encoder
     w = ShapesWorld("train", reasoning=True)
     tok = TextTokenizer.train(text_corpus(w, 200), 400)
     enc = Encoder(tok, None)

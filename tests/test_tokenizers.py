@@ -236,7 +236,7 @@ def test_train_image_tokenizer_writes_outputs(tmp_path):
 @pytest.fixture(scope="module")
 def text_tok() -> TextTokenizer:
     from unimm.data.splits import ShapesWorld
-    from unimm.train.data import text_corpus
+    from unimm.data.world import text_corpus
     return TextTokenizer.train(text_corpus(ShapesWorld("train"), 300), vocab_size=400)
 
 

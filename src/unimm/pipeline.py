@@ -24,6 +24,7 @@ import torch
 
 from .data.images import ImageError, load_image
 from .data.splits import CAPTION_PROMPT
+from .data.worlds import make_world
 from .data.text import ANSWER_MARK, final_answer
 from .paradigms.base import Turn
 from .paradigms.sampling import GREEDY, MAX_GUIDANCE, MAX_TEMPERATURE, SamplingConfig
@@ -51,7 +52,8 @@ class Pipeline:
         self.cfg = parts.cfg
         self.vocab = parts.vocab
         self.paradigm = parts.paradigm
-        self.image_size = self.cfg.data.world.image_size
+        self.world = make_world(self.cfg.data)       # what the model reads, its judge, its eval
+        self.image_size = self.world.image_size
         ev = self.cfg.eval
         # a run whose config predates a field loads with its default (utils.config.from_dict)
         self.default_guidance = ev.guidance
@@ -89,10 +91,14 @@ class Pipeline:
             pipe.model.compile_decode()
         return pipe
 
+    @property
+    def accepts_gray(self) -> bool:
+        """Whether greyscale input images are read (as grey RGB): the run's world says."""
+        return self.world.accepts_gray
+
     # ---- validation --------------------------------------------------------------------------
     def _image(self, x, what: str = "image") -> np.ndarray:
-        gray = self.cfg.data.dataset == "digits"
-        img = load_image(x, what=what, allow_gray=gray)
+        img = load_image(x, what=what, allow_gray=self.accepts_gray)
         if img.shape[:2] != (self.image_size, self.image_size):
             raise ImageError(f"{what}: this model reads {self.image_size}x{self.image_size} "
                              f"images, got {img.shape[1]}x{img.shape[0]}")

@@ -285,7 +285,8 @@ def flow_child_ours(spec: dict) -> dict:
     from ..paradigms import ode
     from ..paradigms.base import format_turn
     from ..paradigms.sampling import SamplingConfig
-    from ..train.data import Encoder, make_source
+    from ..data.worlds import make_source
+    from ..train.data import Encoder
     parts = _flow_parts(spec)
     p, model, cfg = parts.paradigm, parts.model.eval(), parts.cfg
     src = make_source(cfg.data, "val")

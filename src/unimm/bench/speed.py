@@ -500,7 +500,8 @@ def measure(spec: dict) -> dict:
     """Every per-model section for one (paradigm, size); runs in a child process."""
     from ..paradigms.ar import Autoregressive
     from ..paradigms.sampling import SamplingConfig
-    from ..train.data import Encoder, make_source
+    from ..data.worlds import make_source
+    from ..train.data import Encoder
     from ..train.trainer import Trainer
     torch.set_num_threads(spec["threads"])
     cfg = _run_config(spec)
@@ -563,7 +564,7 @@ def _prepare_tokenizers(cfg, work: Path, tokenizer: Path | None) -> None:
     """work/tokenizer/{image,text}: the given (or a random) image tokenizer, a fitted BPE."""
     from ..tokenizers.image import build_image_tokenizer, load_image_tokenizer
     from ..tokenizers.text import TextTokenizer
-    from ..train.data import make_source, text_corpus
+    from ..data.worlds import make_source, text_corpus
     img_dir = work / "tokenizer" / "image"
     if tokenizer is not None:
         tok = load_image_tokenizer(tokenizer)                    # clear error if it is not one

@@ -87,17 +87,11 @@ def data_export(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
 ):
     """Write a built-in split as PNG files + a JSONL manifest (reads back identically)."""
-    from ..data import manifest
-    if dataset == "shapes":
-        from ..data.splits import WorldConfig
-        if n is None:
-            raise ValueError("--n is required for the shapes dataset (it has no fixed size)")
-        path = manifest.export_split(split, n, out, WorldConfig(image_size=image_size, holdout=holdout),
-                                     overwrite=force)
-    elif dataset == "digits":
-        path = manifest.export_digits(split, out, image_size=image_size, n=n, overwrite=force)
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")
+    from ..data.splits import WorldConfig
+    from ..data.worlds import DataConfig, make_world
+    world = make_world(DataConfig(dataset=dataset,
+                                  world=WorldConfig(image_size=image_size, holdout=holdout)))
+    path = world.export(split, out, n=n, overwrite=force)
     typer.echo(f"wrote {path}")
 
 
@@ -192,10 +186,14 @@ def train_tokenizer_cmd(
     dataset: str = typer.Option("shapes", help="shapes | digits"),
 ):
     """Train an image tokenizer; writes it, metrics.json and recon.png into --out."""
+    from ..data.splits import WorldConfig
+    from ..data.worlds import DataConfig, make_world
     from ..tokenizers.train_image import TokenizerTrainConfig, train_image_tokenizer
     from ..utils.config import load_config
     cfg = load_config(TokenizerTrainConfig, config, set_)
-    m = train_image_tokenizer(cfg, out, minutes=minutes, dataset=dataset)
+    world = make_world(DataConfig(dataset=dataset,
+                                  world=WorldConfig(image_size=cfg.tokenizer.image_size)))
+    m = train_image_tokenizer(cfg, out, minutes=minutes, world=world)
     _echo_json(m)
 
 

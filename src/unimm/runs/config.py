@@ -1,7 +1,7 @@
 """The run configuration, as a run folder records it (config.json) and `unimm train` reads it.
 
 `RunConfig` composes the sub-configs that live next to their code (the backbone's in model/,
-each paradigm's in paradigms/, the world's in data/). Two tables are defined here instead:
+each paradigm's in paradigms/, the data's in data/worlds.py). Two tables are defined here instead:
 `TrainConfig` (the trainer's settings, train/trainer.py) and `EvalConfig` (evaluation counts and
 the run's sampling defaults, read by eval/ and by the Pipeline). Their code sits in layers above
 runs/ (train, eval, pipeline), which import this module; defining the tables there would make
@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ..data.splits import WorldConfig, check_question_kinds
-from ..data.text import QUESTION_KINDS
+from ..data.worlds import DataConfig
 from ..model.backbone import BackboneConfig
 from ..paradigms import ParadigmName
 from ..paradigms.ar import ARConfig
@@ -27,65 +26,6 @@ from ..tokenizers.train_image import TokenizerTrainConfig
 from ..utils.config import check_limits
 
 PRECISIONS = ("fp32", "bf16")   # sampling precisions: eval.precision, Pipeline.load(precision=)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: Literal["shapes", "digits"] = "shapes"
-    world: WorldConfig = field(default_factory=WorldConfig)
-    # Task mixture: relative weights of the tasks in a batch (digits has no edits).
-    caption: float = 1.0
-    vqa: float = 2.0
-    t2i: float = 2.0
-    edit: float = 1.0
-    text_vocab_size: int = 512
-    text_corpus: int = 4000           # train examples per task the BPE is fitted on
-    # "caption": VQA targets first describe the whole scene, then answer after "Answer:"
-    # (ShapesWorld only; the pipeline returns the part after the mark).
-    vqa_reasoning: Literal["none", "caption"] = "none"
-    # Questions per training VQA example: the first, then follow-up turns about the same
-    # picture (ShapesWorld only). Evaluation always asks one question per picture.
-    vqa_turns: int = 1
-    # Question kinds asked once more per picture after one of every kind (e.g. the hardest:
-    # ["relation", "compare"]); vqa_turns must leave room for them all.
-    vqa_extra_kinds: tuple[str, ...] = ()
-    # Edits per training editing example: several edits of one source picture, each a branch
-    # that sees the source and its own instruction (ShapesWorld, paradigm "ar").
-    edit_turns: int = 1
-
-    # Accepted ranges of the size fields, checked before anything is allocated.
-    LIMITS: ClassVar[dict] = {"text_vocab_size": (1, 1048576), "text_corpus": (1, 10000000),
-                              "vqa_turns": (1, 64), "edit_turns": (1, 64)}
-
-    def __post_init__(self):
-        check_limits(self, self.LIMITS)
-        if self.vqa_turns < 1:
-            raise ValueError(f"vqa_turns must be >= 1, got {self.vqa_turns}")
-        if self.edit_turns < 1:
-            raise ValueError(f"edit_turns must be >= 1, got {self.edit_turns}")
-        if self.edit_turns > 1 and self.dataset != "shapes":
-            raise ValueError("edit_turns > 1 needs dataset = 'shapes' (digits have no editing)")
-        if self.vqa_turns > 1 and self.dataset != "shapes":
-            raise ValueError("vqa_turns > 1 needs dataset = 'shapes' (a digit has one question to ask)")
-        if self.vqa_extra_kinds:
-            check_question_kinds(self.vqa_extra_kinds)
-            need = len(QUESTION_KINDS) + len(self.vqa_extra_kinds)
-            if self.vqa_turns < need:
-                raise ValueError(f"vqa_extra_kinds asks {len(self.vqa_extra_kinds)} more questions "
-                                 f"after one of each of the {len(QUESTION_KINDS)} kinds: set "
-                                 f"data.vqa_turns = {need} (got {self.vqa_turns})")
-        if self.vqa_reasoning not in ("none", "caption"):
-            raise ValueError(f"vqa_reasoning must be 'none' or 'caption', got {self.vqa_reasoning!r}")
-        if self.vqa_reasoning != "none" and self.dataset != "shapes":
-            raise ValueError("vqa_reasoning needs dataset = 'shapes' (digit answers have nothing to describe)")
-
-    def weights(self) -> dict[str, float]:
-        w = {"caption": self.caption, "vqa": self.vqa, "t2i": self.t2i, "edit": self.edit}
-        if self.dataset == "digits":
-            w.pop("edit")
-        if any(x < 0 for x in w.values()) or sum(w.values()) <= 0:
-            raise ValueError(f"task weights must be >= 0 with a positive sum, got {w}")
-        return {k: x for k, x in w.items() if x > 0}
 
 
 @dataclass(frozen=True)

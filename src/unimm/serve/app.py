@@ -102,7 +102,7 @@ def create_app(pipe: Pipeline, settings: ServeSettings = ServeSettings(),
     created = int(time.time())
     batcher = Batcher(pipe, s.max_batch, s.wait_ms, s.queue_size)
     size = pipe.image_size
-    gray = pipe.cfg.data.dataset == "digits"
+    gray = pipe.accepts_gray
 
     @asynccontextmanager
     async def lifespan(app):

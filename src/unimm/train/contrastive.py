@@ -46,7 +46,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data.splits import ShapesWorld, WorldConfig
+from ..data.splits import WorldConfig
+from ..data.world import World
+from ..data.worlds import DataConfig, WorldName, make_world
 from ..model.backbone import Backbone, BackboneConfig
 from ..model.vit import (
     ENCODER_CONFIG,
@@ -59,7 +61,6 @@ from ..model.vit import (
 from ..tokenizers.text import TextTokenizer
 from ..utils.config import check_limits, to_dict
 from ..utils.io import write_json
-from .data import DigitsSource
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class TextTowerConfig:
 class ContrastiveConfig:
     """Defaults match configs/encoder.toml."""
 
-    dataset: Literal["shapes", "digits"] = "shapes"
+    dataset: WorldName = "shapes"
+    manifest: str = ""             # dataset = "manifest": its JSONL manifest (as data.manifest)
     vit: ViTConfig = field(default_factory=ViTConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     steps: int = 600
@@ -126,24 +128,15 @@ class ContrastiveConfig:
 # data: (image, caption, key) triples
 
 class Pairs:
-    """Index-addressable (image, caption, key) pairs of one split; `key` says which pairs
-    count as the same content (retrieval hits, extra positives)."""
+    """Index-addressable (image, caption, key) pairs of one split of a world (World.pairs);
+    `key` says which pairs count as the same content (retrieval hits, extra positives)."""
 
-    def __init__(self, dataset: str, split: str, image_size: int):
-        self.dataset = dataset
-        if dataset == "shapes":
-            self.src = ShapesWorld(split, WorldConfig(image_size=image_size))
-        elif dataset == "digits":
-            self.src = DigitsSource(split, image_size)
-        else:
-            raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")
+    def __init__(self, world: World, split: str):
+        self.pair = world.pairs(split)
+        self.size = world.split_size(split)
 
     def __call__(self, i: int) -> tuple[np.ndarray, str, object]:
-        if self.dataset == "shapes":
-            e = self.src.caption_example(i, style=None)          # a random phrasing
-            return e.image, e.target_text, e.scene.key()
-        e = self.src.example(i, "t2i")                          # varied digit prompts
-        return e.target_image, e.text, e.meta["label"]
+        return self.pair(i)
 
     def batch(self, start: int, n: int) -> tuple[np.ndarray, list[str], list]:
         items = [self(i) for i in range(start, start + n)]
@@ -270,8 +263,9 @@ def train_encoder(cfg: ContrastiveConfig, out_dir, minutes: float | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    train = Pairs(cfg.dataset, "train", cfg.vit.image_size)
-    val = Pairs(cfg.dataset, "val", cfg.vit.image_size)
+    world = make_world(DataConfig(dataset=cfg.dataset, manifest=cfg.manifest,
+                                  world=WorldConfig(image_size=cfg.vit.image_size)))
+    train, val = Pairs(world, "train"), Pairs(world, "val")
     tok = _text_tokenizer(cfg, train)
     model = CLIP(cfg, tok.vocab_size)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -279,7 +273,7 @@ def train_encoder(cfg: ContrastiveConfig, out_dir, minutes: float | None = None,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     amp = cfg.autocast == "bf16"
-    n_val = min(cfg.val_scenes, len(val.src)) if cfg.dataset == "digits" else cfg.val_scenes
+    n_val = cfg.val_scenes if val.size is None else min(cfg.val_scenes, val.size)
     val_imgs, val_txt, val_keys = val.batch(0, n_val)
 
     history = []

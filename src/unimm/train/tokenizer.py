@@ -9,12 +9,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..data.worlds import make_world
 from ..runs import RunConfig, RunError, load_tokenizers
 from ..tokenizers.image import ImageTokenizer
 from ..tokenizers.text import TextTokenizer
 from ..tokenizers.train_image import train_image_tokenizer
 from ..utils.config import ConfigError
-from .data import make_source, text_corpus
 
 
 def _train_image_tokenizer(cfg: RunConfig, out: Path) -> None:
@@ -22,7 +22,7 @@ def _train_image_tokenizer(cfg: RunConfig, out: Path) -> None:
     if tc.tokenizer.image_size != cfg.data.world.image_size:
         raise ConfigError(f"image_tokenizer.tokenizer.image_size ({tc.tokenizer.image_size}) "
                           f"must equal data.world.image_size ({cfg.data.world.image_size})")
-    train_image_tokenizer(tc, out, progress=False, dataset=cfg.data.dataset)
+    train_image_tokenizer(tc, out, progress=False, world=make_world(cfg.data))
 
 
 def prepare_tokenizers(cfg: RunConfig, run_dir: Path) -> tuple[TextTokenizer, ImageTokenizer]:
@@ -45,7 +45,7 @@ def prepare_tokenizers(cfg: RunConfig, run_dir: Path) -> tuple[TextTokenizer, Im
         else:
             _train_image_tokenizer(cfg, img_dir)
     if not (txt_dir / "text_tokenizer.json").is_file():
-        src = make_source(cfg.data, "train")
-        tok = TextTokenizer.train(text_corpus(src, cfg.data.text_corpus), cfg.data.text_vocab_size)
+        corpus = make_world(cfg.data).text_corpus(cfg.data.text_corpus)
+        tok = TextTokenizer.train(corpus, cfg.data.text_vocab_size)
         tok.save(txt_dir)
     return load_tokenizers(run_dir)

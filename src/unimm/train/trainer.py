@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..data.worlds import make_world
 from ..eval.evaluate import evaluate
 from ..paradigms.sequence import split_by_length
 from ..pipeline import Pipeline
@@ -41,7 +42,7 @@ from ..runs.checkpoint import (
     remove_stale,
     save_checkpoint,
 )
-from .data import Encoder, TaskStream, make_source
+from .data import Encoder, TaskStream
 from .tokenizer import prepare_tokenizers
 
 
@@ -85,9 +86,10 @@ class Trainer:
         self.model = self.parts.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval() if tc.ema > 0 else None
         self.opt = _optimizer(self.model, tc)
-        self.stream = TaskStream(make_source(cfg.data, "train"),
-                                 Encoder(text_tok, image_tok), self.parts.paradigm,
-                                 cfg.data.weights(), tc.batch_size, tc.seed, tc.data_offset)
+        world = make_world(cfg.data)
+        self.stream = TaskStream(world.source("train"), Encoder(text_tok, image_tok),
+                                 self.parts.paradigm, world.task_weights(), tc.batch_size,
+                                 tc.seed, tc.data_offset)
         self.step, self.max_steps, self.elapsed = 0, tc.max_steps, 0.0
         self.horizon_fixed = False
         self.budget_s = 60.0 * tc.minutes          # fit(minutes=...) sets the run's own
