@@ -24,6 +24,7 @@ from PIL import Image
 
 from unimm.data.splits import ShapesWorld
 from unimm.pipeline import InputError, Pipeline, default_run_dir
+from helpers import new_trainer
 
 DATA = Path(__file__).parent / "data"
 
@@ -272,12 +273,11 @@ def test_invalid_utf8_in_a_manifest_is_reported_with_its_line(tmp_path):
 def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(tiny_tokenizer, tmp_path):
     from unimm.runs.checkpoint import save_checkpoint
     from unimm.runs import RunConfig
-    from unimm.train.trainer import Trainer
     from unimm.utils.config import load_config
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tiny_tokenizer}", "train.max_steps=4"])
     run = tmp_path / "run"
-    tr = Trainer(cfg, run, progress=False)
+    tr = new_trainer(cfg, run, progress=False)
     tr.fit()
 
     class Killed(BaseException):
@@ -304,7 +304,7 @@ def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(tiny_tokenize
         return ".ckpt." in str(p.relative_to(run)) or p.name.endswith(".tmp")
     keep = {p for p in run.rglob("*") if not stale(p)}
     assert len(keep) < len(list(run.rglob("*")))
-    tr2 = Trainer(cfg, run, progress=False)
+    tr2 = new_trainer(cfg, run, progress=False)
     assert tr2.resume() and tr2.step == 4
     assert [p for p in run.rglob("*") if stale(p)] == []
     assert all(p.exists() for p in keep)                            # nothing else was touched

@@ -17,6 +17,7 @@ from unimm.paradigms.base import Turn, format_turn
 from unimm.paradigms.sampling import GREEDY
 from unimm.paradigms.sequence import Vocab
 from unimm.runs import RunConfig
+from helpers import new_trainer
 
 pytest.importorskip("transformers")
 from unimm.interop.janus import (ConversionError, build_janus, from_janus,  # noqa: E402
@@ -132,11 +133,10 @@ def test_incompatible_runs_are_refused_with_reasons():
 def test_saved_run_converts_both_ways(tiny_tokenizer, tmp_path):
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline
-    from unimm.train.trainer import Trainer
     from unimm.utils.config import load_config
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tiny_tokenizer}", *COMPAT, "train.max_steps=4"])
-    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    new_trainer(cfg, tmp_path / "run", progress=False).fit()
     out = to_janus(tmp_path / "run", tmp_path / "janus")
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
     assert not list(tmp_path.glob("*.partial"))
@@ -156,7 +156,7 @@ def test_saved_run_converts_both_ways(tiny_tokenizer, tmp_path):
         from_janus(tmp_path / "bare", tmp_path / "x")
     plain = load_config(RunConfig, "configs/tiny.toml",
                         [f"image_tokenizer_path={tiny_tokenizer}", "train.max_steps=1"])
-    Trainer(plain, tmp_path / "plain", progress=False).fit()
+    new_trainer(plain, tmp_path / "plain", progress=False).fit()
     with pytest.raises(ConversionError, match="not Janus-compatible"):
         to_janus(tmp_path / "plain", tmp_path / "j2")
     assert not (tmp_path / "j2").exists()

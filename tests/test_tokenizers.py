@@ -16,7 +16,8 @@ from unimm.data.splits import ShapesWorld
 from unimm.tokenizers import (ImageTokenizer, ImageTokenizerConfig, PatchVQ, TokenizerFileError,
                               build_image_tokenizer, load_image_tokenizer)
 from unimm.tokenizers.text import TextTokenizer, TextTokenizerError
-from unimm.tokenizers.train_image import TokenizerTrainConfig, train_image_tokenizer
+from unimm.runs import TokenizerTrainConfig
+from unimm.train.tokenizer import train_image_tokenizer
 from unimm.tokenizers.vq import VectorQuantizer, usage_stats
 from unimm.utils.config import ConfigError, from_dict, load_config
 

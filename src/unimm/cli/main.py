@@ -148,7 +148,8 @@ def train_cmd(
     evaluate_after: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on test at the end."),
 ):
     """Train a model (resumes from the run folder's checkpoint when there is one)."""
-    from ..runs import RunConfig
+    from ..runs import RunConfig, has_tokenizers
+    from ..train.tokenizer import prepare_tokenizers
     from ..train.trainer import Trainer
     from ..utils.config import load_config
     cfg = load_config(RunConfig, config, set_)
@@ -156,6 +157,8 @@ def train_cmd(
     if fresh and (run_dir / "ckpt").exists():
         raise FileExistsError(f"{run_dir} already holds a checkpoint; drop --fresh to resume it")
     _check_resume_config(run_dir, cfg)
+    if not has_tokenizers(run_dir):
+        prepare_tokenizers(cfg, run_dir)          # copied, or trained: the run's first step
     tr = Trainer(cfg, run_dir)
     if tr.resume():
         typer.echo(f"resuming {run_dir} at step {tr.step}")
@@ -188,7 +191,8 @@ def train_tokenizer_cmd(
     """Train an image tokenizer; writes it, metrics.json and recon.png into --out."""
     from ..data.splits import WorldConfig
     from ..data.worlds import DataConfig, make_world
-    from ..tokenizers.train_image import TokenizerTrainConfig, train_image_tokenizer
+    from ..runs import TokenizerTrainConfig
+    from ..train.tokenizer import train_image_tokenizer
     from ..utils.config import load_config
     cfg = load_config(TokenizerTrainConfig, config, set_)
     world = make_world(DataConfig(dataset=dataset,

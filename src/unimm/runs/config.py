@@ -1,11 +1,12 @@
 """The run configuration, as a run folder records it (config.json) and `unimm train` reads it.
 
 `RunConfig` composes the sub-configs that live next to their code (the backbone's in model/,
-each paradigm's in paradigms/, the data's in data/worlds.py). Two tables are defined here instead:
-`TrainConfig` (the trainer's settings, train/trainer.py) and `EvalConfig` (evaluation counts and
-the run's sampling defaults, read by eval/ and by the Pipeline). Their code sits in layers above
-runs/ (train, eval, pipeline), which import this module; defining the tables there would make
-runs/ import upwards. Both are plain dataclasses with no imports beyond utils/ and paradigms/.
+each paradigm's in paradigms/, the data's in data/worlds.py). Three tables are defined here
+instead: `TrainConfig` (the trainer's settings, train/trainer.py), `TokenizerTrainConfig` (the
+image tokenizer trainer's, train/tokenizer.py) and `EvalConfig` (evaluation counts and the run's
+sampling defaults, read by eval/ and by the Pipeline). Their code sits in layers above runs/
+(train, eval, pipeline), which import this module; defining the tables there would make runs/
+import upwards. They are plain dataclasses that import nothing above runs/.
 """
 
 from __future__ import annotations
@@ -22,10 +23,49 @@ from ..paradigms.flow import FlowConfig
 from ..paradigms.masked import MaskedConfig
 from ..paradigms.mmada import MMaDAConfig
 from ..paradigms.sampling import MAX_GUIDANCE
-from ..tokenizers.train_image import TokenizerTrainConfig
+from ..tokenizers.image import ImageTokenizerConfig
 from ..utils.config import check_limits
 
 PRECISIONS = ("fp32", "bf16")   # sampling precisions: eval.precision, Pipeline.load(precision=)
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    """The image tokenizer trainer's settings (train/tokenizer.py, `unimm train-tokenizer`, a
+    run's `[image_tokenizer]` table). Defaults match configs/tokenizer.toml (32x32 ShapesWorld)."""
+
+    tokenizer: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)
+    steps: int = 1500
+    batch_size: int = 256            # images per step (x codes_per_image latents)
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    background_keep: float = 0.1     # share of all-black patches trained on (PatchVQ)
+    init_images: int = 256           # images whose latents seed the codebook (k-means++)
+    restart_every: int = 50          # steps between dead-code restarts (0 = never)
+    dead_min_count: float = 1.0      # codes assigned fewer times per restart window are dead
+    eval_every: int = 500
+    val_images: int = 512
+    test_scenes: int = 2000          # final judge / PSNR measurement (test split)
+    autocast: Literal["bf16", "none"] = "bf16"
+    threads: int = 0                 # torch threads; 0 leaves the default
+    seed: int = 0
+
+    # Accepted ranges of the size fields, checked before anything is allocated.
+    LIMITS: ClassVar[dict] = {"steps": (0, 100000000), "batch_size": (1, 1048576),
+                              "warmup_steps": (0, 100000000), "init_images": (1, 1000000),
+                              "restart_every": (0, 100000000), "eval_every": (1, 100000000),
+                              "val_images": (1, 1000000), "test_scenes": (1, 1000000),
+                              "threads": (0, 1024)}
+
+    def __post_init__(self):
+        check_limits(self, self.LIMITS)
+        for name in ("steps", "batch_size", "init_images", "eval_every", "val_images",
+                     "test_scenes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -44,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..data.splits import WorldConfig
 from ..data.world import World
@@ -61,6 +59,7 @@ from ..model.vit import (
 from ..tokenizers.text import TextTokenizer
 from ..utils.config import check_limits, to_dict
 from ..utils.io import write_json
+from .schedule import Budget, lr_at, progress_bar
 
 
 @dataclass(frozen=True)
@@ -235,13 +234,6 @@ def evaluate(model: CLIP, tok: TextTokenizer, images: np.ndarray, texts: list[st
 # ---------------------------------------------------------------------------------------------
 # training
 
-def _lr_at(step: int, cfg: ContrastiveConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose another "
@@ -277,14 +269,12 @@ def train_encoder(cfg: ContrastiveConfig, out_dir, minutes: float | None = None,
     val_imgs, val_txt, val_keys = val.batch(0, n_val)
 
     history = []
-    t0 = time.perf_counter()
-    deadline = t0 + 60.0 * minutes if minutes else None
-    bar = tqdm(range(cfg.steps), desc=f"encoder {cfg.dataset}", disable=not progress,
-               dynamic_ncols=True, mininterval=2.0)
+    budget = Budget(minutes or 0.0)
+    bar = progress_bar(cfg.steps, f"encoder {cfg.dataset}", progress)
     step = 0
-    for step in bar:
+    for step in range(cfg.steps):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         images, texts, keys = train.batch(step * cfg.batch_size, cfg.batch_size)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             img = model.embed_images(torch.from_numpy(images))              # (B, C)
@@ -296,21 +286,22 @@ def train_encoder(cfg: ContrastiveConfig, out_dir, minutes: float | None = None,
         if (step + 1) % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{model.log_scale.exp().item():.0f}",
                             refresh=False)
-        last = step + 1 == cfg.steps or (deadline is not None and time.perf_counter() > deadline)
+        last = step + 1 == cfg.steps or budget.spent()
         if (step + 1) % cfg.eval_every == 0 or last:
             ev = evaluate(model, tok, val_imgs, val_txt, val_keys, amp)
             ev.update(step=step + 1, loss=round(loss.item(), 4),
-                      seconds=round(time.perf_counter() - t0, 1))
+                      seconds=round(budget.elapsed, 1))
             history.append(ev)
             bar.write(f"step {step + 1}: loss {loss.item():.3f} val i->t top1 "
                       f"{ev['image_to_text_top1']:.3f} top5 {ev['image_to_text_top5']:.3f} "
                       f"t->i top1 {ev['text_to_image_top1']:.3f} top5 "
                       f"{ev['text_to_image_top5']:.3f} (chance {ev['chance_top1']:.3f})",
                       file=sys.stderr)
+        bar.update(1)
         if last:
             break
     bar.close()
-    train_s = time.perf_counter() - t0
+    train_s = budget.elapsed
     metrics = {
         "val": history[-1], "val_scenes": n_val, "steps": step + 1,
         "train_seconds": round(train_s, 1), "steps_per_second": round((step + 1) / train_s, 2),
