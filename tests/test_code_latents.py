@@ -46,9 +46,9 @@ def test_shape_and_conflicts_are_checked(tiny_tokenizer):
     with pytest.raises(ValueError, match=r"\(12, d\)"):
         TokenModel(N_TEXT + K, CFG, code_start=N_TEXT, code_latents=torch.randn(K + 1, D))
     with pytest.raises(ValueError, match="pick one"):
-        load_config(RunConfig, "configs/tiny.toml", ["code_latents=true", "code_mlp=8"])
+        load_config(RunConfig, "configs/tiny.toml", ["model.code_latents=true", "model.code_mlp=8"])
     with pytest.raises(ValueError, match="flow"):
-        load_config(RunConfig, "configs/tiny.toml", ["code_latents=true", "paradigm=flow"])
+        load_config(RunConfig, "configs/tiny.toml", ["model.code_latents=true", "paradigm=flow"])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def plain_run(tiny_tokenizer, tmp_path_factory):
 def test_warm_start_trains_and_reloads(plain_run, tmp_path):
     src = plain_run
     cfg = load_config(RunConfig, "configs/tiny.toml",
-                      [f"train.init_from={src}", "code_latents=true", "train.max_steps=3"])
+                      [f"train.init_from={src}", "model.code_latents=true", "train.max_steps=3"])
     tr = new_trainer(cfg, tmp_path / "cl", progress=False)
     own, ref = tr.model.state_dict(), Pipeline.load(src).parts.model.state_dict()
     assert set(own) - set(ref) == {"code_latents", "latent_in.weight", "latent_out.weight"}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from unimm.model.backbone import BackboneConfig
+from unimm.model.config import ModelConfig
 from unimm.model.unified import TokenModel
 from unimm.paradigms.ar import ARConfig, Autoregressive, pad_condition
 from unimm.paradigms.base import Turn, format_turn
@@ -27,8 +28,10 @@ from unimm.interop.janus import (ConversionError, build_janus, from_janus,  # no
 V = Vocab(n_text=40, n_codes=16, grid=(4, 4))
 BB = BackboneConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
                     rope_sections=(4, 0, 0))
-CFG = RunConfig(model=BB, code_mlp=8, ar=ARConfig(uncond="pad"))
-COMPAT = ["code_mlp=8", "ar.uncond=pad", "model.rope_sections=[4,0,0]"]
+CFG = RunConfig(model=ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
+                                  rope_sections=(4, 0, 0), code_mlp=8),
+                paradigm_config=ARConfig(uncond="pad"))
+COMPAT = ["model.code_mlp=8", "ar.uncond=pad", "model.rope_sections=[4,0,0]"]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +129,8 @@ def test_incompatible_runs_are_refused_with_reasons():
     assert any("rope_sections" in p for p in problems) and any("code_mlp" in p for p in problems)
     assert any("uncond" in p for p in problems)
     assert janus_problems(CFG) == []
-    bidir = dataclasses.replace(CFG, ar=dataclasses.replace(CFG.ar, input_images="bidirectional"))
+    bidir = dataclasses.replace(CFG, paradigm_config=dataclasses.replace(
+        CFG.paradigm_config, input_images="bidirectional"))
     assert [p for p in janus_problems(bidir) if "input_images" in p]
 
 

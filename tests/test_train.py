@@ -229,7 +229,7 @@ def test_warm_start_loads_weights_and_tokenizers(tiny_run, tmp_path):
     import torch
     src, _ = tiny_run
     cfg = load_config(RunConfig, "configs/tiny.toml",
-                      [f"train.init_from={src}", "image_pos=learned", "train.max_steps=2"])
+                      [f"train.init_from={src}", "model.image_pos=learned", "train.max_steps=2"])
     tr = new_trainer(cfg, tmp_path / "warm", progress=False)
     ref = Pipeline.load(src).parts.model.state_dict()
     own = tr.model.state_dict()

@@ -66,9 +66,10 @@ def _random_parts(config: str, quick: bool, seed: int = 0):
     grid = (size // tok.patch_size,) * 2
     v = Vocab(cfg.data.text_vocab_size, tok.codebook_size, grid)
     torch.manual_seed(seed)
-    model = TokenModel(v.size, cfg.model, code_start=v.code_start, code_mlp=cfg.code_mlp).eval()
+    model = TokenModel(v.size, cfg.model, code_start=v.code_start,
+                       code_mlp=cfg.model.code_mlp).eval()
     return types.SimpleNamespace(cfg=cfg, vocab=v, model=model,
-                                 paradigm=build_paradigm("ar", v, cfg),
+                                 paradigm=build_paradigm("ar", v, cfg.paradigm_config),
                                  image_tok=types.SimpleNamespace(image_size=size))
 
 

@@ -264,6 +264,7 @@ def xtransformers_training(spec: dict) -> dict:
 
 def _flow_parts(spec: dict):
     """The default model's config and tokenizers with paradigm flow and random weights."""
+    from ..paradigms.flow import FlowConfig
     from ..pipeline import DEFAULT_RUN
     from ..tokenizers.image import load_image_tokenizer
     from ..tokenizers.text import TextTokenizer
@@ -273,8 +274,8 @@ def _flow_parts(spec: dict):
     if spec.get("shape"):
         model = dataclasses.replace(model, **spec["shape"], n_kv_heads=None, mlp_hidden=None,
                                     rope_sections=None)
-    flow = dataclasses.replace(cfg.flow, steps=spec["steps"]) if spec.get("steps") else cfg.flow
-    cfg = dataclasses.replace(cfg, paradigm="flow", model=model, flow=flow)
+    flow = FlowConfig(steps=spec["steps"]) if spec.get("steps") else FlowConfig()
+    cfg = dataclasses.replace(cfg, paradigm="flow", model=model, paradigm_config=flow)
     tok = DEFAULT_RUN / "tokenizer"
     torch.manual_seed(0)
     return build_parts(cfg, TextTokenizer.load(tok / "text"), load_image_tokenizer(tok / "image"))

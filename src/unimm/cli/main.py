@@ -174,7 +174,8 @@ def _check_resume_config(run_dir: Path, cfg) -> None:
     if (run_dir / "config.json").is_file() and (run_dir / "ckpt").exists():
         old = to_dict(load_run_config(run_dir))
         new = to_dict(cfg)
-        diff = sorted(k for k in old if old[k] != new[k] and k not in ("train", "eval", "name"))
+        diff = sorted(k for k in old.keys() | new.keys()
+                      if old.get(k) != new.get(k) and k not in ("train", "eval", "name"))
         if diff:
             raise ValueError(f"{run_dir} was trained with a different config ({', '.join(diff)} "
                              "differ); use another --out folder or --set the same values")

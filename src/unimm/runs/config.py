@@ -1,7 +1,8 @@
 """The run configuration, as a run folder records it (config.json) and `unimm train` reads it.
 
-`RunConfig` composes the sub-configs that live next to their code (the backbone's in model/,
-each paradigm's in paradigms/, the data's in data/worlds.py). Three tables are defined here
+`RunConfig` composes the sub-configs that live next to their code (the model's in
+model/config.py, each paradigm's in paradigms/, the data's in data/worlds.py); each component
+receives its own table (build_paradigm the selected paradigm's, the world its DataConfig). Three tables are defined here
 instead: `TrainConfig` (the trainer's settings, train/trainer.py), `TokenizerTrainConfig` (the
 image tokenizer trainer's, train/tokenizer.py) and `EvalConfig` (evaluation counts and the run's
 sampling defaults, read by eval/ and by the Pipeline). Their code sits in layers above runs/
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ..data.worlds import DataConfig
-from ..model.backbone import BackboneConfig
-from ..paradigms import ParadigmName
+from ..model.config import ModelConfig
+from ..paradigms import PARADIGM_CONFIGS, ParadigmName
 from ..paradigms.ar import ARConfig
 from ..paradigms.decoupled import DecoupledConfig
 from ..paradigms.flow import FlowConfig
@@ -24,7 +25,11 @@ from ..paradigms.masked import MaskedConfig
 from ..paradigms.mmada import MMaDAConfig
 from ..paradigms.sampling import MAX_GUIDANCE
 from ..tokenizers.image import ImageTokenizerConfig
-from ..utils.config import check_limits
+from ..utils.config import check_limits, tagged
+
+ParadigmConfig = ARConfig | DecoupledConfig | FlowConfig | MaskedConfig | MMaDAConfig
+# the token model's options, once top-level keys of the run config, now in [model]
+MODEL_OPTIONS = ("code_init", "image_pos", "code_mlp", "code_latents")
 
 PRECISIONS = ("fp32", "bf16")   # sampling precisions: eval.precision, Pipeline.load(precision=)
 
@@ -176,44 +181,47 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A run: its name, its paradigm with that paradigm's own table, and the tables of the
+    model, data, tokenizers, training and evaluation.
+
+    The paradigm is a tagged union: `paradigm = "masked"` selects it and `[masked]` is its
+    table (`paradigm_config`, saved under the paradigm's name). A file may also hold tables of
+    other paradigms (one config for a comparison, `--set paradigm=NAME` picks): those are
+    checked (a typo in them still raises) and dropped, and config.json records the selected
+    table only. Options that moved into `[model]` (`MOVED`) are read there with a warning."""
+
     name: str = "shapes-ar"
     paradigm: ParadigmName = "ar"
-    ar: ARConfig = field(default_factory=ARConfig)
-    decoupled: DecoupledConfig = field(default_factory=DecoupledConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    masked: MaskedConfig = field(default_factory=MaskedConfig)
-    mmada: MMaDAConfig = field(default_factory=MMaDAConfig)
-    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
+    # the selected paradigm's config (None: its defaults); read and written as [<paradigm>]
+    paradigm_config: ParadigmConfig | None = field(
+        default=None, metadata=tagged("paradigm", PARADIGM_CONFIGS))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(
         dim=256, n_layers=6, n_heads=8, max_seq_len=256))
     data: DataConfig = field(default_factory=DataConfig)
     image_tokenizer: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
     image_tokenizer_path: str = ""    # an already trained tokenizer folder; "" = train one
-    # Initial embeddings of image codes: independent random vectors, or a random projection of
-    # the tokenizer's codebook (similar patches start similar; see TokenModel.init_codes_from).
-    code_init: Literal["random", "codebook"] = "random"
-    # Learned absolute (row, col) embeddings added to image-code inputs (TokenModel docs).
-    image_pos: Literal["none", "learned"] = "none"
-    # > 0: Janus-style image-code input/output MLPs with this code-embedding width instead of
-    # rows of the shared table and head (model/unified.py CodeMLP; needed for the Janus format).
-    code_mlp: int = 0
-    # Image codes also read in and scored out through the tokenizer's frozen codebook vectors
-    # (zero-initialised linear maps beside the table; model/unified.py), so codes for similar
-    # patches share what is learned about them. Can be switched on when continuing a run.
-    code_latents: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    # keys of earlier versions -> where they live now (read there, with a ConfigWarning)
+    MOVED: ClassVar[dict[str, str]] = {k: f"model.{k}" for k in MODEL_OPTIONS}
+
     def __post_init__(self):
-        if self.code_mlp < 0:
-            raise ValueError(f"code_mlp must be >= 0 (0 = off), got {self.code_mlp}")
-        if self.code_mlp and self.code_init == "codebook":
-            raise ValueError("code_init = 'codebook' initialises rows of the shared table; "
-                             "with code_mlp > 0 codes have their own embedding (use 'random')")
-        if self.code_mlp and self.code_latents:
-            raise ValueError("code_latents and code_mlp are two ways to embed codes; pick one")
+        want = PARADIGM_CONFIGS.get(self.paradigm)
+        if want is None:
+            raise ValueError(f"paradigm {self.paradigm!r} is not available; available: "
+                             f"{', '.join(PARADIGM_CONFIGS)}")
+        if self.paradigm_config is None:
+            object.__setattr__(self, "paradigm_config", want())
+        elif not isinstance(self.paradigm_config, want):
+            raise ValueError(f"paradigm {self.paradigm!r} takes a {want.__name__} as its "
+                             f"config, got a {type(self.paradigm_config).__name__}")
+        if not isinstance(self.model, ModelConfig):          # a bare backbone shape
+            object.__setattr__(self, "model", ModelConfig.of(self.model))
         if self.data.edit_turns > 1 and self.paradigm != "ar":
             raise ValueError(f"data.edit_turns > 1 (edit branches) is for paradigm 'ar'; "
                              f"paradigm {self.paradigm!r} trains one edit per picture: set "
                              f"data.edit_turns = 1")
-        if self.code_latents and self.paradigm == "flow":
-            raise ValueError("code_latents: paradigm 'flow' reads continuous latents, not codes")
+        if self.model.code_latents and self.paradigm == "flow":
+            raise ValueError("model.code_latents: paradigm 'flow' reads continuous latents, "
+                             "not codes")

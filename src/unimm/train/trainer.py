@@ -97,9 +97,9 @@ class Trainer:
 
     def _warm_start(self, src: Path) -> None:
         other = load_config(src)
-        if other.model != self.cfg.model:
-            raise RunError(f"train.init_from={src}: its model shape {other.model} differs from "
-                           f"this run's {self.cfg.model}")
+        if other.model.backbone != self.cfg.model.backbone:    # code options may be new here
+            raise RunError(f"train.init_from={src}: its model shape {other.model.backbone} "
+                           f"differs from this run's {self.cfg.model.backbone}")
         kept = load_weights(self.parts.model, src / "model.safetensors", allow_missing=True)
         if kept:
             tqdm.write(f"warm start from {src}; new parameters keep their init: {kept}")
