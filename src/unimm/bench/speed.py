@@ -602,8 +602,7 @@ def bench_speed(config: Path, paradigms: list[str], sizes: list[str], out_dir: P
                 repeats: int = 5, device: str = "cpu", threads: int = 1, quick: bool = False,
                 tokenizer: Path | None = None, compile: bool = False,
                 bf16: bool = False) -> dict:
-    from ..runs import RunConfig
-    from ..runs import resolve_device
+    from ..runs import RunConfig, resolve_device
     from ..utils.config import load_config
     from ..utils.io import write_json, write_text
     check_options(paradigms, sizes, device, threads, repeats)
