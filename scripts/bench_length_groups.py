@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from unimm.paradigms.sequence import split_by_length
-from unimm.train.config import RunConfig
+from unimm.runs import RunConfig
+from unimm.train.tokenizer import prepare_tokenizers
 from unimm.train.trainer import Trainer
 from unimm.utils.config import load_config
 from unimm.utils.io import write_text
@@ -39,9 +40,13 @@ def main():
     torch.set_num_threads(1)
     groups = [int(g) for g in a.groups.split(",")]
     work = Path(tempfile.mkdtemp())
-    trainers = {g: Trainer(load_config(RunConfig, a.config, [
-        f"train.length_groups={g}", "train.init_from=", f"image_tokenizer_path={a.tokenizer}",
-        "train.threads=1"]), work / f"g{g}", progress=False) for g in groups}
+    trainers = {}
+    for g in groups:
+        cfg = load_config(RunConfig, a.config, [
+            f"train.length_groups={g}", "train.init_from=", f"image_tokenizer_path={a.tokenizer}",
+            "train.threads=1"])
+        prepare_tokenizers(cfg, work / f"g{g}")
+        trainers[g] = Trainer(cfg, work / f"g{g}", progress=False)
     pad = []
     for s in range(a.repeats):
         b = trainers[groups[0]].stream.batch(s)

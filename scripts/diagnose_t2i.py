@@ -24,7 +24,7 @@ import torch
 from unimm import Pipeline
 from unimm.data.shapes import COLORS, render
 from unimm.data.splits import ShapesWorld
-from unimm.eval.judge import judge_batch
+from unimm.data.shapes_judge import judge_batch
 from unimm.paradigms.base import format_turn
 from unimm.paradigms.sequence import collate
 from unimm.train.data import Encoder

@@ -1,10 +1,13 @@
 """Package a finished run as the default model that ships in the package, with its model card.
 
-    .venv/bin/python scripts/ship_default.py runs/shapes-ar [--digits runs/digits-ar]
+    .venv/bin/python scripts/ship_default.py [RUN] [--recipe configs/recipes/default.toml]
+                                             [--digits runs/digits-ar]
 
-Copies what inference needs (config.json, tokenizer/, model.safetensors) plus the evidence
-(eval JSON, curves, sample grids, metrics.csv) into src/unimm/assets/default/ and writes
-MODEL_CARD.md from the run's own files: nothing in the card is typed by hand.
+The recipe (configs/recipes/default.toml) lists the stages of the default model in order, each
+a config, its run folder and its budget; RUN defaults to the last stage's run. Copies what
+inference needs (config.json, tokenizer/, model.safetensors) plus the evidence (eval JSON,
+curves, sample grids, metrics.csv) into src/unimm/assets/default/ and writes MODEL_CARD.md
+from the run's own files and the recipe: nothing in the card is typed by hand.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parents[1] / "src" / "unimm" / "assets" / "default"
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "src" / "unimm" / "assets" / "default"
+RECIPE = ROOT / "configs" / "recipes" / "default.toml"
 KEEP = ["config.json", "model.safetensors", "metrics.csv", "curves.png", "eval_curves.png",
         "eval.json", "eval_guidance1.json", "bench_decoding.json", "samples_t2i.png",
         "samples_edit.png"]
@@ -27,13 +33,25 @@ def _fmt(x) -> str:
 BARS = {"vqa/overall": 0.97, "caption/scene_correct": 0.97, "t2i/full_scene": 0.95,
         "edit/success": 0.85}
 KIND_BAR = 0.93
-STAGE_CONFIGS = {"shapes-ar": "configs/shapes_ar.toml", "shapes-ar2": "configs/shapes_ar_stage2.toml",
-                 "shapes-ar4": "configs/shapes_ar_stage4.toml", "shapes-ar5": "configs/shapes_ar_stage5.toml",
-                 "shapes-ar6": "configs/shapes_ar_stage6.toml",
-                 "shapes-ar7-draw": "configs/shapes_ar_stage7_draw.toml",
-                 "shapes-ar8": "configs/shapes_ar_stage8.toml",
-                 "shapes-ar9": "configs/shapes_ar_stage9_edit.toml",
-                 "shapes-ar10": "configs/shapes_ar_stage10.toml"}
+
+
+def read_recipe(path: Path = RECIPE) -> list[dict]:
+    """The recipe's stages in order: {"config", "run", "minutes", "name"} (name: the config's)."""
+    stages = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("stage", [])
+    if not stages:
+        raise SystemExit(f"{path}: no [[stage]] tables")
+    for st in stages:
+        if set(st) != {"config", "run", "minutes"}:
+            raise SystemExit(f"{path}: each [[stage]] has exactly config, run and minutes; got {st}")
+        st["name"] = tomllib.loads((ROOT / st["config"]).read_text(encoding="utf-8"))["name"]
+    return stages
+
+
+def _command(stage: dict | None, name: str, run: Path) -> str:
+    if stage is None:                          # a run the recipe does not list
+        return f"`unimm train {name} -o {run}`"
+    budget = f" --minutes {stage['minutes']:g}" if stage["minutes"] else ""
+    return f"`unimm train {stage['config']} -o {stage['run']}{budget}`"
 
 
 def _stages(run: Path) -> list[tuple[Path, dict, dict]]:
@@ -61,8 +79,9 @@ def _limits(m: dict, minutes: float) -> list[str]:
             "that the demo and API work."]
 
 
-def card(run: Path, digits: Path | None) -> str:
+def card(run: Path, digits: Path | None, recipe: list[dict]) -> str:
     stages = _stages(run)
+    by_name = {st["name"]: st for st in recipe}
     cfg = json.loads((run / "config.json").read_text())["config"]
     ev = json.loads((run / "eval.json").read_text())
     m, cond = ev["metrics"], ev["conditions"]
@@ -81,10 +100,11 @@ def card(run: Path, digits: Path | None) -> str:
         "## Recipe",
         "",
         "- Config: " + "; then ".join(
-            f"`unimm train {STAGE_CONFIGS.get(c['name'], c['name'])} -o {r}`"
+            f"{_command(by_name.get(c['name']), c['name'], r)}"
             f" ({s_['step']} steps, {s_['elapsed'] / 60:.0f} min)" for r, c, s_ in stages)
         + (" (later stages warm-start from the earlier run: `train.init_from`)" if len(stages) > 1
-           else "") + "; the resolved config is `config.json`.",
+           else "") + "; the stages in order: `configs/recipes/default.toml`; the resolved "
+        "config is `config.json`.",
         f"- Backbone: {mc['n_layers']} layers, width {mc['dim']}, {mc['n_heads']} heads, SwiGLU {mc['mlp_hidden']}, "
         f"RMSNorm, M-RoPE with absolute (row, col) for image codes; {n_params / 1e6:.2f}M parameters.",
         f"- Image tokenizer: PatchVQ, 4x4 patches -> 8x8 = 64 codes, codebook {tok['codebook_size']}; "
@@ -106,7 +126,8 @@ def card(run: Path, digits: Path | None) -> str:
         f"(warm-up {cfg['train']['warmup_steps']}, cosine to {cfg['train']['min_lr_ratio']}x over {st['max_steps']} steps), "
         f"bf16 autocast, condition dropout {cfg['ar']['cfg_dropout']}; final training loss {hist[-1]['loss']:.3f}.",
         f"- Loss averaging `{cfg['ar'].get('loss_reduction', 'token')}`, image-cell embeddings "
-        f"`{cfg.get('image_pos', 'none')}` (see `unimm.paradigms.ar` and `unimm.model.unified`).",
+        f"`{mc.get('image_pos', cfg.get('image_pos', 'none'))}` (see `unimm.paradigms.ar` and "
+        "`unimm.model.unified`).",
         f"- Time and machine: {sum(s_['elapsed'] for _, _, s_ in stages) / 60:.0f} min of training "
         "in all on 1 thread of a 2-core AMD EPYC CPU (no GPU), shared with other jobs for part of "
         "the run.",
@@ -171,10 +192,14 @@ def card(run: Path, digits: Path | None) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("run", type=Path)
+    ap.add_argument("run", type=Path, nargs="?", default=None,
+                    help="the run to ship (default: the recipe's last stage)")
+    ap.add_argument("--recipe", type=Path, default=RECIPE)
     ap.add_argument("--digits", type=Path, default=None)
     a = ap.parse_args()
-    text = card(a.run, a.digits)
+    recipe = read_recipe(a.recipe)
+    a.run = a.run or Path(recipe[-1]["run"])
+    text = card(a.run, a.digits, recipe)
     tmp = ASSETS.with_name(".default.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """An image tokenizer trained once per test session with configs/tiny.toml (seconds)."""
-    from unimm.tokenizers.train_image import train_image_tokenizer
-    from unimm.train.config import RunConfig
+    from unimm.train.tokenizer import train_image_tokenizer
+    from unimm.runs import RunConfig
     from unimm.utils.config import load_config
     out = tmp_path_factory.mktemp("tok")
     train_image_tokenizer(load_config(RunConfig, "configs/tiny.toml").image_tokenizer, out,

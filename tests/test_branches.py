@@ -181,7 +181,7 @@ def test_extra_kinds_ask_the_hard_kinds_again_after_one_of_each():
 
 
 def test_extra_kinds_config_is_checked():
-    from unimm.train.config import DataConfig
+    from unimm.data.worlds import DataConfig
     with pytest.raises(ValueError, match="data.vqa_turns = 11"):
         DataConfig(vqa_turns=9, vqa_extra_kinds=("relation", "compare"))
     with pytest.raises(ValueError, match="unknown question kind"):
@@ -237,7 +237,7 @@ def test_each_edit_branch_computes_what_its_edit_alone_computes(uncond):
 
 def test_shapes_world_edit_branches_are_other_edits_of_the_same_source():
     from unimm.data.shapes import HOLDOUT_PAIRS
-    from unimm.eval.judge import judge
+    from unimm.data.shapes_judge import judge
     w1, w3 = ShapesWorld("train"), ShapesWorld("train", edit_turns=3)
     n_more = 0
     for i in range(80):
@@ -260,8 +260,9 @@ def test_shapes_world_edit_branches_are_other_edits_of_the_same_source():
 
 
 def test_edit_branches_config_is_checked():
-    from unimm.train.config import DataConfig, RunConfig
-    with pytest.raises(ValueError, match="edit_turns = 0 is out of range; accepted: 1 to"):
+    from unimm.data.worlds import DataConfig
+    from unimm.runs import RunConfig
+    with pytest.raises(ValueError, match="edit_turns = 0 is out of range"):
         DataConfig(edit_turns=0)
     with pytest.raises(ValueError, match="digits have no editing"):
         DataConfig(dataset="digits", edit_turns=2)

@@ -8,9 +8,9 @@ import torch
 from unimm.model.backbone import BackboneConfig
 from unimm.model.unified import TokenModel
 from unimm.pipeline import Pipeline
-from unimm.train.config import RunConfig
-from unimm.train.trainer import Trainer
+from unimm.runs import RunConfig
 from unimm.utils.config import load_config
+from helpers import new_trainer
 
 CFG = BackboneConfig(dim=32, n_layers=2, n_heads=2, max_seq_len=64)
 N_TEXT, K, D = 20, 12, 5
@@ -46,25 +46,25 @@ def test_shape_and_conflicts_are_checked(tiny_tokenizer):
     with pytest.raises(ValueError, match=r"\(12, d\)"):
         TokenModel(N_TEXT + K, CFG, code_start=N_TEXT, code_latents=torch.randn(K + 1, D))
     with pytest.raises(ValueError, match="pick one"):
-        load_config(RunConfig, "configs/tiny.toml", ["code_latents=true", "code_mlp=8"])
+        load_config(RunConfig, "configs/tiny.toml", ["model.code_latents=true", "model.code_mlp=8"])
     with pytest.raises(ValueError, match="flow"):
-        load_config(RunConfig, "configs/tiny.toml", ["code_latents=true", "paradigm=flow"])
+        load_config(RunConfig, "configs/tiny.toml", ["model.code_latents=true", "paradigm=flow"])
 
 
 @pytest.fixture(scope="module")
 def plain_run(tiny_tokenizer, tmp_path_factory):
     d = tmp_path_factory.mktemp("plain")
-    Trainer(load_config(RunConfig, "configs/tiny.toml", [f"image_tokenizer_path={tiny_tokenizer}",
-                                                         "train.max_steps=4"]),
-            d, progress=False).fit()
+    cfg = load_config(RunConfig, "configs/tiny.toml", [f"image_tokenizer_path={tiny_tokenizer}",
+                                                       "train.max_steps=4"])
+    new_trainer(cfg, d, progress=False).fit()
     return d
 
 
 def test_warm_start_trains_and_reloads(plain_run, tmp_path):
     src = plain_run
     cfg = load_config(RunConfig, "configs/tiny.toml",
-                      [f"train.init_from={src}", "code_latents=true", "train.max_steps=3"])
-    tr = Trainer(cfg, tmp_path / "cl", progress=False)
+                      [f"train.init_from={src}", "model.code_latents=true", "train.max_steps=3"])
+    tr = new_trainer(cfg, tmp_path / "cl", progress=False)
     own, ref = tr.model.state_dict(), Pipeline.load(src).parts.model.state_dict()
     assert set(own) - set(ref) == {"code_latents", "latent_in.weight", "latent_out.weight"}
     assert torch.equal(own["code_latents"],

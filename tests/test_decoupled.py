@@ -24,8 +24,9 @@ from unimm.paradigms.decoupled import Decoupled, DecoupledConfig
 from unimm.paradigms.sampling import GREEDY
 from unimm.paradigms.sequence import Vocab
 from unimm.train.contrastive import ContrastiveConfig, TextTowerConfig, train_encoder
-from unimm.train.config import RunConfig
+from unimm.runs import RunConfig
 from unimm.utils.config import load_config
+from helpers import new_trainer
 
 V = Vocab(n_text=40, n_codes=16, grid=(2, 2))          # 8x8 images, 4x4 patches
 VIT = ViTConfig(image_size=8, patch_size=4, dim=16, n_layers=1, n_heads=2, embed_dim=16)
@@ -274,9 +275,8 @@ def tiny(tok, *over):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_tokenizer, tmp_path_factory):
-    from unimm.train.trainer import Trainer
     d = tmp_path_factory.mktemp("run")
-    tr = Trainer(tiny(tiny_tokenizer), d, progress=False)
+    tr = new_trainer(tiny(tiny_tokenizer), d, progress=False)
     tr.fit()
     return d, tr
 
@@ -309,11 +309,10 @@ def test_demo_runs_on_a_decoupled_run(tiny_run, tmp_path):
 
 
 def test_run_starts_from_a_trained_encoder(tiny_tokenizer, tiny_encoder, tmp_path):
-    from unimm.train.trainer import Trainer
     enc, _ = tiny_encoder
-    tr = Trainer(tiny(tiny_tokenizer, f"decoupled.encoder_path={enc}",
-                      "decoupled.freeze_encoder=true", "train.max_steps=2"),
-                 tmp_path / "r", progress=False)
+    tr = new_trainer(tiny(tiny_tokenizer, f"decoupled.encoder_path={enc}",
+                          "decoupled.freeze_encoder=true", "train.max_steps=2"),
+                     tmp_path / "r", progress=False)
     _, state = read_encoder(enc)
     own = tr.model.extras["encoder"].state_dict()
     assert all(torch.equal(own[k], v) for k, v in state.items())
@@ -333,22 +332,21 @@ def test_run_starts_from_a_trained_encoder(tiny_tokenizer, tiny_encoder, tmp_pat
 
 def test_wrong_or_mismatched_encoder_folder_is_a_clear_error(tiny_tokenizer, tiny_encoder,
                                                              tmp_path):
-    from unimm.train.trainer import Trainer
     enc, _ = tiny_encoder
     with pytest.raises(EncoderFileError, match="not a saved encoder"):
-        Trainer(tiny(tiny_tokenizer, f"decoupled.encoder_path={tmp_path}"), tmp_path / "a",
-                progress=False)
+        new_trainer(tiny(tiny_tokenizer, f"decoupled.encoder_path={tmp_path}"), tmp_path / "a",
+                    progress=False)
     with pytest.raises(EncoderFileError, match="dim: folder 32 vs config 16"):
-        Trainer(tiny(tiny_tokenizer, f"decoupled.encoder_path={enc}", "decoupled.encoder.dim=16"),
-                tmp_path / "b", progress=False)
+        new_trainer(tiny(tiny_tokenizer, f"decoupled.encoder_path={enc}",
+                         "decoupled.encoder.dim=16"), tmp_path / "b", progress=False)
     bad = tmp_path / "bad"
     shutil.copytree(enc, bad)
     (bad / "encoder.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(EncoderFileError, match="safetensors"):
         read_encoder(bad)
     with pytest.raises(ValueError, match="patch grid"):
-        Trainer(tiny(tiny_tokenizer, "decoupled.encoder.patch_size=8"), tmp_path / "c",
-                progress=False)
+        new_trainer(tiny(tiny_tokenizer, "decoupled.encoder.patch_size=8"), tmp_path / "c",
+                    progress=False)
 
 
 # ---------------------------------------------------------------------------------------------

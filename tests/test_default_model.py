@@ -9,7 +9,7 @@ import pytest
 
 from unimm.data.splits import ShapesWorld
 from unimm.data.text import normalize_answer
-from unimm.eval.judge import judge_batch
+from unimm.data.shapes_judge import judge_batch
 from unimm.pipeline import Pipeline, default_run_dir
 
 pytestmark = pytest.mark.skipif(not (default_run_dir() / "config.json").is_file(),

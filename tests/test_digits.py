@@ -6,7 +6,7 @@ import pytest
 from unimm.data.digits import (DIGIT_SPLITS, N_DIGITS, PROMPT_TEMPLATES, QUESTIONS, Digits,
                                answer, parse_digit_answer, prompt, raw_scans, split_indices,
                                to_8x8, upsample)
-from unimm.eval.digits_judge import (generation_accuracy, generation_report, get_digit_judge,
+from unimm.data.digits_judge import (generation_accuracy, generation_report, get_digit_judge,
                                      recognition_accuracy)
 
 

@@ -18,6 +18,7 @@ from unimm.paradigms.base import Turn, drop_condition, format_turn
 from unimm.paradigms.flow import Flow, FlowConfig
 from unimm.paradigms.sampling import GREEDY, SamplingConfig
 from unimm.paradigms.sequence import Vocab, collate
+from helpers import new_trainer
 
 V = Vocab(n_text=40, n_codes=16, grid=(2, 3))
 D_LAT = 8
@@ -337,13 +338,12 @@ def test_snapping_to_the_nearest_code_decodes_noisy_latents_more_faithfully(tiny
 def test_end_to_end_tiny_run_and_reload(tiny_tokenizer, tmp_path):
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline
-    from unimm.train.config import RunConfig
-    from unimm.train.trainer import Trainer
+    from unimm.runs import RunConfig
     from unimm.utils.config import load_config
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tiny_tokenizer}", "paradigm=flow",
                        "train.max_steps=6", "flow.steps=3"])
-    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    tr = new_trainer(cfg, tmp_path / "run", progress=False)
     tr.fit()
     assert "extras.flow.codebook" in tr.model.state_dict()
     live = Pipeline(tr.parts, model=tr.model.eval())
@@ -367,19 +367,18 @@ def test_end_to_end_tiny_run_and_reload(tiny_tokenizer, tmp_path):
 
 
 def test_resume_gives_the_same_next_loss(tiny_tokenizer, tmp_path):
-    from unimm.train.config import RunConfig
-    from unimm.train.trainer import Trainer
+    from unimm.runs import RunConfig
     from unimm.utils.config import load_config
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tiny_tokenizer}", "paradigm=flow"])
-    a = Trainer(cfg, tmp_path / "a", progress=False)
+    a = new_trainer(cfg, tmp_path / "a", progress=False)
     losses = [a.train_step()["loss"] for _ in range(4)]
-    b = Trainer(cfg, tmp_path / "b", progress=False)
+    b = new_trainer(cfg, tmp_path / "b", progress=False)
     for _ in range(2):
         b.train_step()
     b.checkpoint()
     del b
-    c = Trainer(cfg, tmp_path / "b", progress=False)
+    c = new_trainer(cfg, tmp_path / "b", progress=False)
     assert c.resume() and c.step == 2
     nxt = [c.train_step()["loss"] for _ in range(2)]
     assert nxt == pytest.approx(losses[2:], rel=1e-6, abs=1e-7)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from unimm.data.splits import ShapesWorld
 from unimm.pipeline import InputError, Pipeline, default_run_dir
+from helpers import new_trainer
 
 DATA = Path(__file__).parent / "data"
 
@@ -212,7 +213,7 @@ def _copy_default(tmp_path) -> Path:
 
 
 def test_flipped_bytes_in_the_weights_are_reported_as_corrupt(tmp_path):
-    from unimm.train.run import load_run
+    from unimm.runs import load_run
     run = _copy_default(tmp_path)
     w = run / "model.safetensors"
     data = bytearray(w.read_bytes())
@@ -236,7 +237,7 @@ def test_flipped_bytes_in_the_weights_are_reported_as_corrupt(tmp_path):
      "codebook_size"),
 ])
 def test_sizes_in_a_run_config_are_bounded_before_anything_is_allocated(tmp_path, edit, needle):
-    from unimm.train.run import load_run
+    from unimm.runs import load_run
     run = _copy_default(tmp_path)
     d = json.loads((run / "config.json").read_text())
     edit(d)
@@ -247,7 +248,7 @@ def test_sizes_in_a_run_config_are_bounded_before_anything_is_allocated(tmp_path
 
 def test_deeply_nested_json_is_a_clear_error(tmp_path):
     from unimm.data.manifest import ManifestError, load_manifest
-    from unimm.train.run import RunError, load_run
+    from unimm.runs import RunError, load_run
     run = _copy_default(tmp_path)
     (run / "config.json").write_text("[" * 100000)
     with pytest.raises(RunError, match="nested too deeply"):
@@ -270,19 +271,18 @@ def test_invalid_utf8_in_a_manifest_is_reported_with_its_line(tmp_path):
 
 # ---- 7. what a killed checkpoint write leaves behind -------------------------------------------
 def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(tiny_tokenizer, tmp_path):
-    from unimm.train.checkpoint import save_checkpoint
-    from unimm.train.config import RunConfig
-    from unimm.train.trainer import Trainer
+    from unimm.runs.checkpoint import save_checkpoint
+    from unimm.runs import RunConfig
     from unimm.utils.config import load_config
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tiny_tokenizer}", "train.max_steps=4"])
     run = tmp_path / "run"
-    tr = Trainer(cfg, run, progress=False)
+    tr = new_trainer(cfg, run, progress=False)
     tr.fit()
 
     class Killed(BaseException):
         pass
-    import unimm.train.checkpoint as ck
+    import unimm.runs.checkpoint as ck
     real = ck.save_weights
 
     def dies_midway(m, path):                   # a kill after the first file of a checkpoint
@@ -304,7 +304,7 @@ def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(tiny_tokenize
         return ".ckpt." in str(p.relative_to(run)) or p.name.endswith(".tmp")
     keep = {p for p in run.rglob("*") if not stale(p)}
     assert len(keep) < len(list(run.rglob("*")))
-    tr2 = Trainer(cfg, run, progress=False)
+    tr2 = new_trainer(cfg, run, progress=False)
     assert tr2.resume() and tr2.step == 4
     assert [p for p in run.rglob("*") if stale(p)] == []
     assert all(p.exists() for p in keep)                            # nothing else was touched

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from unimm.model.backbone import BackboneConfig
+from unimm.model.config import ModelConfig
 from unimm.model.unified import TokenModel
 from unimm.paradigms.ar import ARConfig, Autoregressive, pad_condition
 from unimm.paradigms.base import Turn, format_turn
 from unimm.paradigms.sampling import GREEDY
 from unimm.paradigms.sequence import Vocab
-from unimm.train.config import RunConfig
+from unimm.runs import RunConfig
+from helpers import new_trainer
 
 pytest.importorskip("transformers")
 from unimm.interop.janus import (ConversionError, build_janus, from_janus,  # noqa: E402
@@ -26,8 +28,10 @@ from unimm.interop.janus import (ConversionError, build_janus, from_janus,  # no
 V = Vocab(n_text=40, n_codes=16, grid=(4, 4))
 BB = BackboneConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
                     rope_sections=(4, 0, 0))
-CFG = RunConfig(model=BB, code_mlp=8, ar=ARConfig(uncond="pad"))
-COMPAT = ["code_mlp=8", "ar.uncond=pad", "model.rope_sections=[4,0,0]"]
+CFG = RunConfig(model=ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
+                                  rope_sections=(4, 0, 0), code_mlp=8),
+                paradigm_config=ARConfig(uncond="pad"))
+COMPAT = ["model.code_mlp=8", "ar.uncond=pad", "model.rope_sections=[4,0,0]"]
 
 
 @pytest.fixture(scope="module")
@@ -125,18 +129,18 @@ def test_incompatible_runs_are_refused_with_reasons():
     assert any("rope_sections" in p for p in problems) and any("code_mlp" in p for p in problems)
     assert any("uncond" in p for p in problems)
     assert janus_problems(CFG) == []
-    bidir = dataclasses.replace(CFG, ar=dataclasses.replace(CFG.ar, input_images="bidirectional"))
+    bidir = dataclasses.replace(CFG, paradigm_config=dataclasses.replace(
+        CFG.paradigm_config, input_images="bidirectional"))
     assert [p for p in janus_problems(bidir) if "input_images" in p]
 
 
 def test_saved_run_converts_both_ways(tiny_tokenizer, tmp_path):
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline
-    from unimm.train.trainer import Trainer
     from unimm.utils.config import load_config
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tiny_tokenizer}", *COMPAT, "train.max_steps=4"])
-    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    new_trainer(cfg, tmp_path / "run", progress=False).fit()
     out = to_janus(tmp_path / "run", tmp_path / "janus")
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
     assert not list(tmp_path.glob("*.partial"))
@@ -156,7 +160,7 @@ def test_saved_run_converts_both_ways(tiny_tokenizer, tmp_path):
         from_janus(tmp_path / "bare", tmp_path / "x")
     plain = load_config(RunConfig, "configs/tiny.toml",
                         [f"image_tokenizer_path={tiny_tokenizer}", "train.max_steps=1"])
-    Trainer(plain, tmp_path / "plain", progress=False).fit()
+    new_trainer(plain, tmp_path / "plain", progress=False).fit()
     with pytest.raises(ConversionError, match="not Janus-compatible"):
         to_janus(tmp_path / "plain", tmp_path / "j2")
     assert not (tmp_path / "j2").exists()

@@ -3,9 +3,9 @@ import pytest
 
 from unimm.data import shapes as S
 from unimm.data.splits import ShapesWorld, WorldConfig
-from unimm.eval.judge import JudgeError, judge, judge_batch
-from unimm.eval.perturb import PERTURBATIONS, perturb
-from unimm.eval.selftest import confusions, selftest
+from unimm.data.shapes_judge import JudgeError, judge, judge_batch
+from unimm.data.perturb import PERTURBATIONS, perturb
+from unimm.data.shapes_selftest import confusions, selftest
 
 
 @pytest.mark.parametrize("size", [32, 64])

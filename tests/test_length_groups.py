@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from unimm.paradigms.sequence import split_by_length
-from unimm.train.config import RunConfig
-from unimm.train.trainer import Trainer
+from unimm.runs import RunConfig
 from unimm.utils.config import load_config
+from helpers import new_trainer
 
 
 def _area(groups, lengths):
@@ -35,8 +35,8 @@ def test_groups_give_the_same_loss_and_gradients(tiny_tokenizer, tmp_path, reduc
             f"ar.loss_reduction={reduction}"]
     res = []
     for g in (1, 3):
-        tr = Trainer(load_config(RunConfig, "configs/tiny.toml", over + [f"train.length_groups={g}"]),
-                     tmp_path / f"g{g}", progress=False)
+        cfg = load_config(RunConfig, "configs/tiny.toml", over + [f"train.length_groups={g}"])
+        tr = new_trainer(cfg, tmp_path / f"g{g}", progress=False)
         batch = tr.stream.batch(0)
         lens = batch.valid.sum(1)
         assert lens.max() > 1.5 * lens.min()                # long VQA rows mix with short ones
@@ -54,9 +54,10 @@ def test_groups_give_the_same_loss_and_gradients(tiny_tokenizer, tmp_path, reduc
 
 def test_groups_train_every_paradigm_and_are_checked(tiny_tokenizer, tmp_path):
     for name in ("masked", "flow"):
-        tr = Trainer(load_config(RunConfig, "configs/tiny.toml",
-                                 [f"image_tokenizer_path={tiny_tokenizer}", f"paradigm={name}",
-                                  "train.length_groups=2"]), tmp_path / name, progress=False)
+        cfg = load_config(RunConfig, "configs/tiny.toml",
+                          [f"image_tokenizer_path={tiny_tokenizer}", f"paradigm={name}",
+                           "train.length_groups=2"])
+        tr = new_trainer(cfg, tmp_path / name, progress=False)
         assert math.isfinite(tr.train_step()["loss"])
     with pytest.raises(ValueError, match="length_groups"):
         load_config(RunConfig, "configs/tiny.toml", ["train.length_groups=0"])

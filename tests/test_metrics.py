@@ -2,8 +2,8 @@ import pytest
 
 from unimm.data.shapes import Obj, Scene
 from unimm.data.text import caption
-from unimm.eval import metrics as M
-from unimm.eval.geneval import GenevalPrompt, Want
+from unimm.data import shapes_metrics as M
+from unimm.data.geneval import GenevalPrompt, Want
 
 A = Scene((Obj(0, "circle", "red", "large", 1, 1), Obj(5, "square", "blue", "small", 23, 12)))
 B = Scene((Obj(0, "circle", "red", "large", 2, 2),))

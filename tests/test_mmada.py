@@ -14,6 +14,7 @@ from unimm.paradigms.masked import IGNORE
 from unimm.paradigms.mmada import MMaDA, MMaDAConfig, block_counts
 from unimm.paradigms.sampling import GREEDY
 from unimm.paradigms.sequence import Vocab, collate
+from helpers import new_trainer
 
 V = Vocab(n_text=40, n_codes=16, grid=(2, 3))
 CFG = MMaDAConfig(text_len=8, block=4, steps_per_block=2, cfg_dropout=0.0)
@@ -187,13 +188,12 @@ def test_tiny_run_end_to_end(tiny_tokenizer, tmp_path):
     import numpy as np
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline
-    from unimm.train.config import RunConfig
-    from unimm.train.trainer import Trainer
+    from unimm.runs import RunConfig
     from unimm.utils.config import load_config
     tok = tiny_tokenizer
     cfg = load_config(RunConfig, "configs/tiny.toml",
                       [f"image_tokenizer_path={tok}", "paradigm=mmada", "mmada.steps=3"])
-    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    new_trainer(cfg, tmp_path / "run", progress=False).fit()
     pipe = Pipeline.load(tmp_path / "run", device="cpu")
     img = ShapesWorld("test").caption_example(0).image
     assert isinstance(pipe.caption(img), str) and isinstance(pipe.ask(img, "How many?"), str)

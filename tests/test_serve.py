@@ -22,9 +22,9 @@ import uvicorn  # noqa: E402
 from unimm.data.splits import ShapesWorld  # noqa: E402
 from unimm.pipeline import Pipeline  # noqa: E402
 from unimm.serve import ServeSettings, create_app  # noqa: E402
-from unimm.train.config import RunConfig  # noqa: E402
-from unimm.train.trainer import Trainer  # noqa: E402
+from unimm.runs import RunConfig  # noqa: E402
 from unimm.utils.config import load_config  # noqa: E402
+from helpers import new_trainer  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -33,8 +33,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 def tiny_run(tiny_tokenizer, tmp_path_factory):
     tok = tiny_tokenizer
     d = tmp_path_factory.mktemp("run")
-    Trainer(load_config(RunConfig, "configs/tiny.toml", [f"image_tokenizer_path={tok}"]), d,
-            progress=False).fit()
+    cfg = load_config(RunConfig, "configs/tiny.toml", [f"image_tokenizer_path={tok}"])
+    new_trainer(cfg, d, progress=False).fit()
     return d
 
 

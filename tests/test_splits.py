@@ -4,7 +4,7 @@ import pytest
 from unimm.data.shapes import HOLDOUT_PAIRS
 from unimm.data.splits import (OFFSETS, SPLITS, ShapesWorld, WorldConfig,
                                training_generation_targets)
-from unimm.eval.geneval import CATEGORIES, prompt_suite, sample_prompt, target_scene
+from unimm.data.geneval import CATEGORIES, prompt_suite, sample_prompt, target_scene
 
 
 def test_splits_disjoint_by_seed():
@@ -112,7 +112,7 @@ def test_canonical_caption_target_is_a_function_of_the_scene():
 
 def test_reasoning_targets_describe_the_scene_then_answer():
     from unimm.data.text import ANSWER_MARK, caption, final_answer
-    from unimm.train.config import DataConfig
+    from unimm.data.worlds import DataConfig
     plain, reasoned = ShapesWorld("train"), ShapesWorld("train", reasoning=True)
     for i in range(30):
         a, b = plain.example(i, "vqa"), reasoned.example(i, "vqa")
@@ -130,7 +130,8 @@ def test_reasoning_targets_describe_the_scene_then_answer():
 
 def test_reasoning_targets_tokenize_as_a_whole_and_mark_the_final_answer():
     from unimm.tokenizers.text import TextTokenizer
-    from unimm.train.data import Encoder, text_corpus
+    from unimm.data.world import text_corpus
+    from unimm.train.data import Encoder
     w = ShapesWorld("train", reasoning=True)
     tok = TextTokenizer.train(text_corpus(w, 200), 400)
     enc = Encoder(tok, None)

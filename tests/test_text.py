@@ -4,7 +4,7 @@ import pytest
 
 from unimm.data import shapes as S
 from unimm.data import text as T
-from unimm.eval.judge import judge
+from unimm.data.shapes_judge import judge
 
 
 def _scenes(n, seed=0):

@@ -16,7 +16,8 @@ from unimm.data.splits import ShapesWorld
 from unimm.tokenizers import (ImageTokenizer, ImageTokenizerConfig, PatchVQ, TokenizerFileError,
                               build_image_tokenizer, load_image_tokenizer)
 from unimm.tokenizers.text import TextTokenizer, TextTokenizerError
-from unimm.tokenizers.train_image import TokenizerTrainConfig, train_image_tokenizer
+from unimm.runs import TokenizerTrainConfig
+from unimm.train.tokenizer import train_image_tokenizer
 from unimm.tokenizers.vq import VectorQuantizer, usage_stats
 from unimm.utils.config import ConfigError, from_dict, load_config
 
@@ -236,7 +237,7 @@ def test_train_image_tokenizer_writes_outputs(tmp_path):
 @pytest.fixture(scope="module")
 def text_tok() -> TextTokenizer:
     from unimm.data.splits import ShapesWorld
-    from unimm.train.data import text_corpus
+    from unimm.data.world import text_corpus
     return TextTokenizer.train(text_corpus(ShapesWorld("train"), 300), vocab_size=400)
 
 

@@ -14,11 +14,9 @@ from unimm.data.images import ImageError
 from unimm.data.splits import ShapesWorld
 from unimm.paradigms.sampling import SamplingConfig
 from unimm.pipeline import InputError, Pipeline
-from unimm.train.checkpoint import CheckpointError
-from unimm.train.config import RunConfig
-from unimm.train.run import RunError
-from unimm.train.trainer import Trainer
+from unimm.runs import CheckpointError, RunConfig, RunError
 from unimm.utils.config import load_config
+from helpers import new_trainer
 
 
 def tiny(tok, *over):
@@ -28,21 +26,21 @@ def tiny(tok, *over):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_tokenizer, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
-    tr = Trainer(tiny(tiny_tokenizer), d, progress=False)
+    tr = new_trainer(tiny(tiny_tokenizer), d, progress=False)
     tr.fit()
     return d, tr
 
 
 def test_kill_and_resume_gives_the_same_next_loss(tiny_tokenizer, tmp_path):
     cfg = tiny(tiny_tokenizer, "train.ema=0.9")
-    a = Trainer(cfg, tmp_path / "a", progress=False)
+    a = new_trainer(cfg, tmp_path / "a", progress=False)
     losses = [a.train_step()["loss"] for _ in range(5)]
-    b = Trainer(cfg, tmp_path / "b", progress=False)
+    b = new_trainer(cfg, tmp_path / "b", progress=False)
     for _ in range(3):
         b.train_step()
     b.checkpoint()
     del b                                              # "kill"
-    c = Trainer(cfg, tmp_path / "b", progress=False)
+    c = new_trainer(cfg, tmp_path / "b", progress=False)
     assert c.resume() and c.step == 3
     nxt = [c.train_step()["loss"] for _ in range(2)]
     assert nxt == pytest.approx(losses[3:], rel=1e-6, abs=1e-7)
@@ -53,10 +51,10 @@ def test_resuming_a_run_whose_budget_is_spent_takes_no_step(tiny_tokenizer, tmp_
     """`unimm train` on a finished wall-clock run (e.g. a bench rerun after a crash) resumes
     and stops at once: same step, same weights."""
     cfg = tiny(tiny_tokenizer)
-    a = Trainer(cfg, tmp_path / "r", progress=False)
+    a = new_trainer(cfg, tmp_path / "r", progress=False)
     a.fit(minutes=0.002)
     step, w = a.step, (tmp_path / "r" / "model.safetensors").read_bytes()
-    b = Trainer(cfg, tmp_path / "r", progress=False)
+    b = new_trainer(cfg, tmp_path / "r", progress=False)
     assert b.resume() and b.step == step
     assert b.fit(minutes=0.002)["step"] == step
     assert (tmp_path / "r" / "model.safetensors").read_bytes() == w
@@ -88,7 +86,7 @@ def test_saved_run_reloads_to_identical_outputs(tiny_run):
 
 
 def test_edits_use_their_own_default_guidance(tiny_run, tiny_tokenizer):
-    from unimm.train.config import EvalConfig
+    from unimm.runs import EvalConfig
     d, _ = tiny_run
     pipe = Pipeline.load(d, device="cpu")
     assert pipe.default_edit_guidance == pipe.default_guidance      # not set: the same
@@ -204,7 +202,8 @@ def test_demo_runs_on_any_run(tiny_run, tmp_path):
 def test_answers_fit_a_short_context(tiny_tokenizer, tmp_path):
     # 64 image codes + question + answer in a 96-token context: answers are cut to the room
     # left instead of refusing the question (a bug the digits run hit).
-    tr = Trainer(tiny(tiny_tokenizer, "model.max_seq_len=96"), tmp_path / "short", progress=False)
+    tr = new_trainer(tiny(tiny_tokenizer, "model.max_seq_len=96"), tmp_path / "short",
+                     progress=False)
     pipe = Pipeline(tr.parts, model=tr.model.eval())
     out = pipe.answer([ShapesWorld("test").image(0)] * 2, ["What color is the circle?", "How many?"],
                       sampling=SamplingConfig(1.0), seed=0)
@@ -213,12 +212,25 @@ def test_answers_fit_a_short_context(tiny_tokenizer, tmp_path):
         pipe.ask(ShapesWorld("test").image(0), "circle " * 40)
 
 
+def test_a_trainer_does_not_train_tokenizers(tiny_tokenizer, tmp_path):
+    """Tokenizers are a step of their own: a Trainer over a folder without them refuses and
+    leaves the folder without them; after prepare_tokenizers it trains."""
+    from unimm.train.tokenizer import prepare_tokenizers
+    from unimm.train.trainer import Trainer
+    cfg = tiny(tiny_tokenizer, "train.max_steps=1")
+    with pytest.raises(RunError, match="no tokenizers"):
+        Trainer(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "tokenizer").exists()
+    prepare_tokenizers(cfg, tmp_path / "r")
+    assert Trainer(cfg, tmp_path / "r", progress=False).fit()["step"] == 1
+
+
 def test_warm_start_loads_weights_and_tokenizers(tiny_run, tmp_path):
     import torch
     src, _ = tiny_run
     cfg = load_config(RunConfig, "configs/tiny.toml",
-                      [f"train.init_from={src}", "image_pos=learned", "train.max_steps=2"])
-    tr = Trainer(cfg, tmp_path / "warm", progress=False)
+                      [f"train.init_from={src}", "model.image_pos=learned", "train.max_steps=2"])
+    tr = new_trainer(cfg, tmp_path / "warm", progress=False)
     ref = Pipeline.load(src).parts.model.state_dict()
     own = tr.model.state_dict()
     assert set(own) - set(ref) == {"image_pos.weight"}
@@ -226,7 +238,7 @@ def test_warm_start_loads_weights_and_tokenizers(tiny_run, tmp_path):
     assert (tmp_path / "warm" / "tokenizer" / "text" / "text_tokenizer.json").is_file()
     bad = load_config(RunConfig, "configs/tiny.toml", [f"train.init_from={src}", "model.dim=64"])
     with pytest.raises(RunError, match="model shape"):
-        Trainer(bad, tmp_path / "bad", progress=False)
+        new_trainer(bad, tmp_path / "bad", progress=False)
 
 
 def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
@@ -297,7 +309,7 @@ def test_several_questions_per_picture_train(tiny_tokenizer, tmp_path):
     import math
     cfg = tiny(tiny_tokenizer, "data.vqa_turns=4", "data.caption=0", "data.t2i=0",
                "data.edit=0")
-    tr = Trainer(cfg, tmp_path / "mt", progress=False)
+    tr = new_trainer(cfg, tmp_path / "mt", progress=False)
     batch = tr.stream.batch(0)
     assert batch.branch is not None and int(batch.branch.max()) == 4
     assert math.isfinite(tr.train_step()["loss"])
@@ -312,7 +324,7 @@ def test_several_edits_per_picture_train(tiny_tokenizer, tmp_path):
     import math
     cfg = tiny(tiny_tokenizer, "data.edit_turns=3", "data.caption=0", "data.t2i=0",
                "data.vqa=0")
-    tr = Trainer(cfg, tmp_path / "me", progress=False)
+    tr = new_trainer(cfg, tmp_path / "me", progress=False)
     batch = tr.stream.batch(0)
     assert batch.branch is not None and int(batch.branch.max()) == 3
     v = tr.parts.paradigm.vocab
@@ -324,7 +336,7 @@ def test_several_edits_per_picture_train(tiny_tokenizer, tmp_path):
 
 
 def test_data_offset_reads_later_examples():
-    from unimm.train.config import TrainConfig
+    from unimm.runs import TrainConfig
     from unimm.train.data import TaskStream
 
     class Rec:                     # records which examples a stream asks for
@@ -375,9 +387,9 @@ def test_sampling_precision_bf16_runs_the_network_under_autocast(tiny_tokenizer,
     (fp32 runs do not) and still give valid answers and images."""
     import dataclasses
     from unimm.pipeline import Pipeline
-    from unimm.train.run import load_run
+    from unimm.runs import load_run
     cfg = tiny(tiny_tokenizer, f"paradigm={paradigm}", "train.max_steps=2")
-    Trainer(cfg, tmp_path / paradigm, progress=False).fit()
+    new_trainer(cfg, tmp_path / paradigm, progress=False).fit()
     seen = {}
     for precision in ("fp32", "bf16"):
         parts = load_run(tmp_path / paradigm, torch.device("cpu"))
@@ -401,7 +413,10 @@ def test_sampling_precision_bf16_runs_the_network_under_autocast(tiny_tokenizer,
 def test_time_horizon_decays_on_the_budget_fraction(tiny_tokenizer, tmp_path):
     """train.horizon = "time": after warm-up the cosine follows elapsed / budget (the LR is at
     its floor when the budget is spent, however many steps that took); warm-up stays in steps."""
-    from unimm.train.trainer import lr_at
+    from unimm.train.schedule import lr_at as schedule_lr
+
+    def lr_at(step, tc, horizon, time_frac=None):
+        return schedule_lr(step, tc.lr, tc.warmup_steps, horizon, tc.min_lr_ratio, time_frac)
     cfg = tiny(tiny_tokenizer, "train.horizon=time", "train.warmup_steps=2", "train.lr=1e-3",
                "train.min_lr_ratio=0.1")
     tc = cfg.train
@@ -409,7 +424,7 @@ def test_time_horizon_decays_on_the_budget_fraction(tiny_tokenizer, tmp_path):
     assert lr_at(5, tc, 100, 0.0) == pytest.approx(1e-3)
     assert lr_at(5, tc, 100, 0.5) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
     assert lr_at(5, tc, 100, 1.0) == lr_at(5, tc, 100, 3.0) == pytest.approx(1e-4)
-    tr = Trainer(cfg, tmp_path / "r", progress=False)
+    tr = new_trainer(cfg, tmp_path / "r", progress=False)
     tr.budget_s, tr.step = 100.0, 4
     for elapsed in (25.0, 75.0):
         tr.elapsed = elapsed
@@ -427,8 +442,8 @@ def test_compiled_training_steps_match_eager_and_save_the_plain_model(tiny_token
     sampled is the plain backbone (no `_orig_mod.` keys). In bf16 the attention runs
     `blocked_attention` eagerly between the compiled graphs."""
     p = f"train.precision={precision}"
-    eager = Trainer(tiny(tiny_tokenizer, p), tmp_path / "e", progress=False)
-    comp = Trainer(tiny(tiny_tokenizer, "train.compile=true", p), tmp_path / "c", progress=False)
+    eager = new_trainer(tiny(tiny_tokenizer, p), tmp_path / "e", progress=False)
+    comp = new_trainer(tiny(tiny_tokenizer, "train.compile=true", p), tmp_path / "c", progress=False)
     for _ in range(3):
         a, b = eager.train_step()["loss"], comp.train_step()["loss"]
         assert b == pytest.approx(a, rel=2e-2)

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from .data.images import ImageError, load_image
+from .data.splits import CAPTION_PROMPT
+from .data.worlds import make_world
 from .data.text import ANSWER_MARK, final_answer
 from .paradigms.base import Turn
 from .paradigms.sampling import GREEDY, MAX_GUIDANCE, MAX_TEMPERATURE, SamplingConfig
-from .train.config import PRECISIONS
-from .train.run import Parts, RunError, load_run, resolve_device
+from .runs import PRECISIONS, Parts, RunError, load_run, resolve_device
 
 MAX_PROMPT_CHARS = 1000
 MAX_BATCH = 32
@@ -51,7 +52,8 @@ class Pipeline:
         self.cfg = parts.cfg
         self.vocab = parts.vocab
         self.paradigm = parts.paradigm
-        self.image_size = self.cfg.data.world.image_size
+        self.world = make_world(self.cfg.data)       # what the model reads, its judge, its eval
+        self.image_size = self.world.image_size
         ev = self.cfg.eval
         # a run whose config predates a field loads with its default (utils.config.from_dict)
         self.default_guidance = ev.guidance
@@ -104,8 +106,8 @@ class Pipeline:
 
     @property
     def accepts_gray(self) -> bool:
-        """Whether input images may be grayscale (the world draws in gray)."""
-        return self.cfg.data.dataset == "digits"
+        """Whether greyscale input images are read (as grey RGB): the run's world says."""
+        return self.world.accepts_gray
 
     @property
     def image_tokens(self) -> int:
@@ -231,7 +233,6 @@ class Pipeline:
 
     # ---- the friendly API --------------------------------------------------------------------
     def caption(self, image) -> str:
-        from .data.splits import CAPTION_PROMPT
         return self.answer([image], [CAPTION_PROMPT])[0]
 
     def ask(self, image, question: str, reasoning: bool = False) -> str:

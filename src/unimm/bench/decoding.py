@@ -25,11 +25,11 @@ import time
 
 import numpy as np
 
+from ..data import shapes_metrics as M
+from ..data.geneval import prompt_suite
+from ..data.shapes_judge import judge_batch
 from ..data.splits import ShapesWorld
 from ..data.text import EDIT_KINDS
-from ..eval import metrics as M
-from ..eval.geneval import prompt_suite
-from ..eval.judge import judge_batch
 from ..paradigms.sampling import SamplingConfig
 from ..utils.config import ConfigError, _parse_value, from_dict, to_dict
 from ..utils.machine import conditions

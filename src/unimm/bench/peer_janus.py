@@ -59,7 +59,7 @@ def _random_parts(config: str, quick: bool, seed: int = 0):
     from ..model.unified import TokenModel
     from ..paradigms import build_paradigm
     from ..paradigms.sequence import Vocab
-    from ..train.config import RunConfig
+    from ..runs import RunConfig
     from ..utils.config import load_config
     cfg = load_config(RunConfig, config, QUICK_SET if quick else [])
     tok = cfg.image_tokenizer.tokenizer
@@ -67,9 +67,10 @@ def _random_parts(config: str, quick: bool, seed: int = 0):
     grid = (size // tok.patch_size,) * 2
     v = Vocab(cfg.data.text_vocab_size, tok.codebook_size, grid)
     torch.manual_seed(seed)
-    model = TokenModel(v.size, cfg.model, code_start=v.code_start, code_mlp=cfg.code_mlp).eval()
+    model = TokenModel(v.size, cfg.model, code_start=v.code_start,
+                       code_mlp=cfg.model.code_mlp).eval()
     return types.SimpleNamespace(cfg=cfg, vocab=v, model=model,
-                                 paradigm=build_paradigm("ar", v, cfg),
+                                 paradigm=build_paradigm("ar", v, cfg.paradigm_config),
                                  image_tok=types.SimpleNamespace(image_size=size))
 
 

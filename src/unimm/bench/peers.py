@@ -266,17 +266,18 @@ def xtransformers_training(spec: dict) -> dict:
 
 def _flow_parts(spec: dict):
     """The default model's config and tokenizers with paradigm flow and random weights."""
+    from ..paradigms.flow import FlowConfig
     from ..pipeline import DEFAULT_RUN
     from ..tokenizers.image import load_image_tokenizer
     from ..tokenizers.text import TextTokenizer
-    from ..train.run import build_parts, load_config
+    from ..runs import build_parts, load_config
     cfg = load_config(DEFAULT_RUN)
     model = cfg.model
     if spec.get("shape"):
         model = dataclasses.replace(model, **spec["shape"], n_kv_heads=None, mlp_hidden=None,
                                     rope_sections=None)
-    flow = dataclasses.replace(cfg.flow, steps=spec["steps"]) if spec.get("steps") else cfg.flow
-    cfg = dataclasses.replace(cfg, paradigm="flow", model=model, flow=flow)
+    flow = FlowConfig(steps=spec["steps"]) if spec.get("steps") else FlowConfig()
+    cfg = dataclasses.replace(cfg, paradigm="flow", model=model, paradigm_config=flow)
     tok = DEFAULT_RUN / "tokenizer"
     torch.manual_seed(0)
     return build_parts(cfg, TextTokenizer.load(tok / "text"), load_image_tokenizer(tok / "image"))
@@ -287,7 +288,8 @@ def flow_child_ours(spec: dict) -> dict:
     from ..paradigms import ode
     from ..paradigms.base import format_turn
     from ..paradigms.sampling import SamplingConfig
-    from ..train.data import Encoder, make_source
+    from ..data.worlds import make_source
+    from ..train.data import Encoder
     parts = _flow_parts(spec)
     p, model, cfg = parts.paradigm, parts.model.eval(), parts.cfg
     src = make_source(cfg.data, "val")

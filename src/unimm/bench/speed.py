@@ -71,7 +71,7 @@ DEVICES = ("cpu", "cuda", "auto")
 # ---- one (paradigm, size), in its own process --------------------------------------------------
 
 def _run_config(spec: dict):
-    from ..train.config import RunConfig
+    from ..runs import RunConfig
     from ..utils.config import load_config
     cfg = load_config(RunConfig, spec["config"], [
         f"paradigm={spec['paradigm']}", f"train.threads={spec['threads']}",
@@ -88,7 +88,8 @@ def measure(spec: dict) -> dict:
     """Every per-model section for one (paradigm, size); runs in a child process."""
     from ..paradigms.ar import Autoregressive
     from ..paradigms.sampling import SamplingConfig
-    from ..train.data import Encoder, make_source
+    from ..data.worlds import make_source
+    from ..train.data import Encoder
     from ..train.trainer import Trainer
     use_threads(spec["threads"])
     cfg = _run_config(spec)
@@ -151,7 +152,7 @@ def _prepare_tokenizers(cfg, work: Path, tokenizer: Path | None) -> None:
     """work/tokenizer/{image,text}: the given (or a random) image tokenizer, a fitted BPE."""
     from ..tokenizers.image import build_image_tokenizer, load_image_tokenizer
     from ..tokenizers.text import TextTokenizer
-    from ..train.data import make_source, text_corpus
+    from ..data.worlds import make_source, text_corpus
     img_dir = work / "tokenizer" / "image"
     if tokenizer is not None:
         tok = load_image_tokenizer(tokenizer)                    # clear error if it is not one
@@ -189,8 +190,7 @@ def bench_speed(config: Path, paradigms: list[str], sizes: list[str], out_dir: P
                 repeats: int = 5, device: str = "cpu", threads: int = 1, quick: bool = False,
                 tokenizer: Path | None = None, compile: bool = False,
                 bf16: bool = False) -> dict:
-    from ..train.config import RunConfig
-    from ..train.run import resolve_device
+    from ..runs import RunConfig, resolve_device
     from ..utils.config import load_config
     from ..utils.io import write_json, write_text
     check_options(paradigms, sizes, device, threads, repeats)

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..data.shapes import render, scene_from_seed
 from ..data.splits import ShapesWorld
-from ..eval.judge import judge, judge_batch
+from ..data.shapes_judge import judge, judge_batch
 from ..utils.machine import conditions, use_threads
 from .timing import timeit
 

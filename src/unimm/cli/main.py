@@ -87,17 +87,11 @@ def data_export(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
 ):
     """Write a built-in split as PNG files + a JSONL manifest (reads back identically)."""
-    from ..data import manifest
-    if dataset == "shapes":
-        from ..data.splits import WorldConfig
-        if n is None:
-            raise ValueError("--n is required for the shapes dataset (it has no fixed size)")
-        path = manifest.export_split(split, n, out, WorldConfig(image_size=image_size, holdout=holdout),
-                                     overwrite=force)
-    elif dataset == "digits":
-        path = manifest.export_digits(split, out, image_size=image_size, n=n, overwrite=force)
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")
+    from ..data.splits import WorldConfig
+    from ..data.worlds import DataConfig, make_world
+    world = make_world(DataConfig(dataset=dataset,
+                                  world=WorldConfig(image_size=image_size, holdout=holdout)))
+    path = world.export(split, out, n=n, overwrite=force)
     typer.echo(f"wrote {path}")
 
 
@@ -126,13 +120,13 @@ def judge_cmd(
 ):
     """Parse images back into scenes (objects with shape, colour, size, cell)."""
     if selftest:
-        from ..eval.selftest import selftest as run
+        from ..data.shapes_selftest import selftest as run
         _echo_json(run(n, image_size, seed))
         return
     if not images:
         raise ValueError("give one or more image files, or --selftest")
     from ..data.text import caption
-    from ..eval.judge import judge
+    from ..data.shapes_judge import judge
     for p in images:
         scene = judge(p)
         d = scene.to_dict()
@@ -154,7 +148,8 @@ def train_cmd(
     evaluate_after: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on test at the end."),
 ):
     """Train a model (resumes from the run folder's checkpoint when there is one)."""
-    from ..train.config import RunConfig
+    from ..runs import RunConfig, has_tokenizers
+    from ..train.tokenizer import prepare_tokenizers
     from ..train.trainer import Trainer
     from ..utils.config import load_config
     cfg = load_config(RunConfig, config, set_)
@@ -162,6 +157,8 @@ def train_cmd(
     if fresh and (run_dir / "ckpt").exists():
         raise FileExistsError(f"{run_dir} already holds a checkpoint; drop --fresh to resume it")
     _check_resume_config(run_dir, cfg)
+    if not has_tokenizers(run_dir):
+        prepare_tokenizers(cfg, run_dir)          # copied, or trained: the run's first step
     tr = Trainer(cfg, run_dir)
     if tr.resume():
         typer.echo(f"resuming {run_dir} at step {tr.step}")
@@ -172,12 +169,13 @@ def train_cmd(
 
 
 def _check_resume_config(run_dir: Path, cfg) -> None:
-    from ..train.run import load_config as load_run_config
+    from ..runs import load_config as load_run_config
     from ..utils.config import to_dict
     if (run_dir / "config.json").is_file() and (run_dir / "ckpt").exists():
         old = to_dict(load_run_config(run_dir))
         new = to_dict(cfg)
-        diff = sorted(k for k in old if old[k] != new[k] and k not in ("train", "eval", "name"))
+        diff = sorted(k for k in old.keys() | new.keys()
+                      if old.get(k) != new.get(k) and k not in ("train", "eval", "name"))
         if diff:
             raise ValueError(f"{run_dir} was trained with a different config ({', '.join(diff)} "
                              "differ); use another --out folder or --set the same values")
@@ -192,10 +190,15 @@ def train_tokenizer_cmd(
     dataset: str = typer.Option("shapes", help="shapes | digits"),
 ):
     """Train an image tokenizer; writes it, metrics.json and recon.png into --out."""
-    from ..tokenizers.train_image import TokenizerTrainConfig, train_image_tokenizer
+    from ..data.splits import WorldConfig
+    from ..data.worlds import DataConfig, make_world
+    from ..runs import TokenizerTrainConfig
+    from ..train.tokenizer import train_image_tokenizer
     from ..utils.config import load_config
     cfg = load_config(TokenizerTrainConfig, config, set_)
-    m = train_image_tokenizer(cfg, out, minutes=minutes, dataset=dataset)
+    world = make_world(DataConfig(dataset=dataset,
+                                  world=WorldConfig(image_size=cfg.tokenizer.image_size)))
+    m = train_image_tokenizer(cfg, out, minutes=minutes, world=world)
     _echo_json(m)
 
 

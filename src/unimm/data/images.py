@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..utils.io import atomic_path
+
 MAX_PIXELS = 4096 * 4096        # refuse decompression bombs before decoding
 MAX_FILE_BYTES = 64 * 2**20
 ACCEPTED = "an RGB image as a path (PNG/JPEG/...), a PIL.Image, or an (H, W, 3) uint8 array"
@@ -101,7 +103,6 @@ def load_image(x, *, what: str = "image", allow_gray: bool = False) -> np.ndarra
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an RGB array as PNG atomically (write a temp file, then rename)."""
-    from ..utils.io import atomic_path
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="PNG")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.io import OutputPathError, parse_json
+from . import digits as D
 from .images import ImageError, load_image, save_png
 from .shapes import Scene
 from .splits import ShapesWorld, WorldConfig
@@ -256,7 +257,6 @@ def export_split(split: str, n: int, out_dir, config: WorldConfig | None = None,
 
 def digits_records(split: str, image_size: int = 32, n: int | None = None) -> list[dict]:
     """Manifest records for the real digits: caption "the digit 7" + one question."""
-    from . import digits as D
     d = D.Digits(split, image_size=image_size)
     out = []
     for i in range(len(d) if n is None else min(n, len(d))):

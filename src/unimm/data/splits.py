@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..eval.geneval import CATEGORIES, GenevalPrompt, sample_prompt, target_scene
+from .geneval import CATEGORIES, GenevalPrompt, sample_prompt, target_scene
 from ..utils.config import check_limits
 from .shapes import (
     DEFAULT_IMAGE_SIZE,
@@ -43,11 +43,12 @@ from .text import (
     question,
     with_reasoning,
 )
+from .world import TASKS as WORLD_TASKS
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
 SPLIT_SIZE = 1_000_000_000
-TASKS: tuple[str, ...] = ("caption", "vqa", "t2i", "edit")
+TASKS = WORLD_TASKS               # ShapesWorld has every task
 _STREAM = {"scene": 0, "caption": 1, "vqa": 2, "t2i": 3, "edit": 4, "geneval": 5}
 HoldoutMode = Literal["generation", "strict", "none"]
 
@@ -64,8 +65,9 @@ class WorldConfig:
     LIMITS: ClassVar[dict] = {"image_size": (8, 1024)}
 
     def __post_init__(self):
+        # the image size each world accepts is its own (World.check_config; ShapesWorld's:
+        # check_image_size, checked again when a split is built)
         check_limits(self, self.LIMITS)
-        check_image_size(self.image_size)
         if self.holdout not in ("generation", "strict", "none"):
             raise ValueError(f"holdout must be 'generation', 'strict' or 'none', got {self.holdout!r}")
         if not 0.0 <= self.geneval_prompt_frac <= 1.0:
@@ -104,6 +106,8 @@ class ShapesWorld:
     """Deterministic, index-addressable ShapesWorld split."""
 
     tasks = TASKS
+    # the BPE is fitted on examples from here on: far past any training stream's start
+    corpus_start = 10 ** 8
 
     def __init__(self, split: str = "train", config: WorldConfig | None = None,
                  reasoning: bool = False, vqa_turns: int = 1,
@@ -121,6 +125,8 @@ class ShapesWorld:
         if edit_turns < 1:
             raise ValueError(f"edit_turns must be >= 1, got {edit_turns}")
         check_question_kinds(vqa_extra_kinds)
+        if config is not None:
+            check_image_size(config.image_size)
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
         self.split = split

@@ -30,10 +30,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..paradigms.base import Turn, format_turn
 from ..paradigms.sequence import SPECIALS, Vocab, collate
+from ..pipeline import default_run_dir
+from ..runs import build_parts, load_config, load_run, save_config, save_run_weights
+from ..tokenizers.image import load_image_tokenizer
+from ..tokenizers.text import TextTokenizer
 
 UNIMM_DIR = "unimm"           # our run config + tokenizers inside a converted Janus folder
 
@@ -51,16 +56,19 @@ def janus_problems(cfg) -> list[str]:
     if tuple(cfg.model.rope_sections) != (pairs, 0, 0):
         out.append(f"model.rope_sections is {list(cfg.model.rope_sections)}; Janus (Llama) "
                    f"uses 1-D rotary positions: [{pairs}, 0, 0]")
-    if cfg.image_pos != "none":
-        out.append(f"image_pos is {cfg.image_pos!r}; Janus has no learned cell embeddings ('none')")
-    if cfg.code_mlp <= 0:
-        out.append("code_mlp is 0; Janus embeds and predicts codes with MLPs (code_mlp > 0)")
+    if cfg.model.image_pos != "none":
+        out.append(f"model.image_pos is {cfg.model.image_pos!r}; Janus has no learned cell "
+                   f"embeddings ('none')")
+    if cfg.model.code_mlp <= 0:
+        out.append("model.code_mlp is 0; Janus embeds and predicts codes with MLPs "
+                   "(code_mlp > 0)")
     if cfg.model.qk_norm:
         out.append("model.qk_norm is on; Llama has no QK-norm")
-    if cfg.ar.uncond != "pad":
-        out.append(f"ar.uncond is {cfg.ar.uncond!r}; Janus's guidance rows pad the prompt ('pad')")
-    if cfg.ar.input_images != "causal":
-        out.append(f"ar.input_images is {cfg.ar.input_images!r}; Janus reads images causally "
+    ar = cfg.paradigm_config if cfg.paradigm == "ar" else None
+    if ar is not None and ar.uncond != "pad":
+        out.append(f"ar.uncond is {ar.uncond!r}; Janus's guidance rows pad the prompt ('pad')")
+    if ar is not None and ar.input_images != "causal":
+        out.append(f"ar.input_images is {ar.input_images!r}; Janus reads images causally "
                    f"('causal')")
     return out
 
@@ -95,7 +103,7 @@ def janus_config(cfg, vocab: Vocab, image_size: int):
     vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                   image_size=image_size, patch_size=patch, num_image_tokens=vocab.n_image,
                   projection_dim=m.dim, mlp_ratio=2.0)
-    vq = dict(embed_dim=cfg.code_mlp, num_embeddings=vocab.n_codes, latent_channels=32,
+    vq = dict(embed_dim=cfg.model.code_mlp, num_embeddings=vocab.n_codes, latent_channels=32,
               base_channels=32, channel_multiplier=_vq_channels(patch), num_res_blocks=1,
               projection_dim=m.dim, image_token_embed_dim=m.dim, num_hidden_layers=2,
               hidden_act="gelu")
@@ -191,7 +199,6 @@ def to_janus(run: str | Path | None, out: str | Path, device: str = "cpu") -> Pa
     """Convert a saved run into a transformers Janus folder (save_pretrained: safetensors +
     config.json), with our config and tokenizers under unimm/. Written to a temporary folder
     and renamed, so a failure leaves nothing behind."""
-    from ..train.run import load_run
     parts = load_run(run, device=device) if run is not None else _default_parts(device)
     janus = build_janus(parts)
     with _new_folder(out) as tmp:
@@ -218,13 +225,10 @@ def _new_folder(out: str | Path):
 
 
 def _default_parts(device):
-    from ..pipeline import default_run_dir
-    from ..train.run import load_run
     return load_run(default_run_dir(), device=device)
 
 
 def _save_unimm_side(parts, where: Path) -> None:
-    from ..train.run import save_config
     where.mkdir(parents=True)
     save_config(parts.cfg, parts.vocab, where)
     parts.text_tok.save(where / "tokenizer" / "text")
@@ -234,11 +238,6 @@ def _save_unimm_side(parts, where: Path) -> None:
 def from_janus(janus_dir: str | Path, out: str | Path) -> Path:
     """Convert a Janus folder written by `to_janus` (or one of the same layout, with our
     config and tokenizers under unimm/) back into a run folder."""
-    from safetensors.torch import load_file
-
-    from ..tokenizers.image import load_image_tokenizer
-    from ..tokenizers.text import TextTokenizer
-    from ..train.run import build_parts, load_config, save_run_weights
     janus_dir, out = Path(janus_dir), Path(out)
     side = janus_dir / UNIMM_DIR
     if not (side / "config.json").is_file():

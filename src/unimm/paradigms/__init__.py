@@ -18,22 +18,29 @@ from .sequence import Vocab
 # Every name a config may give; PARADIGMS holds the ones implemented so far.
 ParadigmName = Literal["ar", "masked", "flow", "decoupled", "mmada"]
 
-# name -> (class, the RunConfig field holding its sub-config)
-PARADIGMS: dict[str, tuple[type[Paradigm], str]] = {
-    "ar": (Autoregressive, "ar"),
-    "decoupled": (Decoupled, "decoupled"),
-    "flow": (Flow, "flow"),
-    "masked": (Masked, "masked"),
-    "mmada": (MMaDA, "mmada"),
+# name -> (class, its config: the run's table of the same name, [ar], [masked], ...)
+PARADIGMS: dict[str, tuple[type[Paradigm], type]] = {
+    "ar": (Autoregressive, ARConfig),
+    "decoupled": (Decoupled, DecoupledConfig),
+    "flow": (Flow, FlowConfig),
+    "masked": (Masked, MaskedConfig),
+    "mmada": (MMaDA, MMaDAConfig),
 }
+PARADIGM_CONFIGS: dict[str, type] = {name: c for name, (_, c) in PARADIGMS.items()}
 
 
-def build_paradigm(name: str, vocab: Vocab, run_cfg) -> Paradigm:
+def build_paradigm(name: str, vocab: Vocab, cfg=None) -> Paradigm:
+    """The paradigm `name` with its own config (`cfg`: an instance of its config class;
+    None: the defaults)."""
     if name not in PARADIGMS:
         raise ValueError(f"paradigm {name!r} is not available; available: {', '.join(PARADIGMS)}")
-    cls, field = PARADIGMS[name]
-    return cls(vocab, getattr(run_cfg, field))
+    cls, config = PARADIGMS[name]
+    cfg = config() if cfg is None else cfg
+    if not isinstance(cfg, config):
+        raise TypeError(f"paradigm {name!r} takes a {config.__name__}, got {type(cfg).__name__}")
+    return cls(vocab, cfg)
 
 
-__all__ = ["PARADIGMS", "ParadigmName", "Paradigm", "Turn", "Vocab", "build_paradigm",
-           "ARConfig", "Autoregressive", "Decoupled", "DecoupledConfig", "Flow", "FlowConfig", "Masked", "MaskedConfig", "MMaDA", "MMaDAConfig"]
+__all__ = ["PARADIGMS", "PARADIGM_CONFIGS", "ParadigmName", "Paradigm", "Turn", "Vocab",
+           "build_paradigm", "ARConfig", "Autoregressive", "Decoupled", "DecoupledConfig", "Flow",
+           "FlowConfig", "Masked", "MaskedConfig", "MMaDA", "MMaDAConfig"]

@@ -2,8 +2,9 @@
 
 - image.py        the `ImageTokenizer` contract, `PatchVQ` (CPU default), `ConvVQ`, save/load
 - vq.py           EMA vector quantiser: k-means++ init, dead-code restarts, usage/perplexity
-- train_image.py  `train_image_tokenizer(cfg, out_dir)` on streamed ShapesWorld renders
-- text.py         byte-level BPE `TextTokenizer` trained on ShapesWorld language
+- text.py         byte-level BPE `TextTokenizer` trained on a world's language
+
+No training code: the image tokenizer trains in unimm.train.tokenizer.
 """
 
 from .image import (IMAGE_TOKENIZERS, ConvVQ, ImageTokenizer, ImageTokenizerConfig, PatchVQ,

@@ -7,7 +7,7 @@ Notable choices:
   `add_prefix_space=False` and no normaliser, so nothing is added or changed on the way.
 - No special tokens: ids are exactly [0, vocab_size). The model appends its own ranges (BOS,
   image codes, ...) above vocab_size, so nothing here can collide with them.
-- Trained on the run's own language (unimm.train.data.text_corpus: every prompt, question,
+- Trained on the run's own language (unimm.data.world.text_corpus: every prompt, question,
   answer, caption and instruction of the training tasks). That language saturates at ~510 tokens (every word becomes one token; BPE
   merges never cross word boundaries), so the default vocab_size is 512: a larger request
   yields the same ~510 tokens. Captions average ~18 tokens (~80 characters).

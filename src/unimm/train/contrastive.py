@@ -34,7 +34,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -44,8 +43,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from ..data.splits import WorldConfig
+from ..data.world import World
+from ..data.worlds import DataConfig, WorldName, make_world
 from ..model.backbone import Backbone, BackboneConfig
 from ..model.vit import (
     ENCODER_CONFIG,
@@ -58,6 +59,7 @@ from ..model.vit import (
 from ..tokenizers.text import TextTokenizer
 from ..utils.config import check_limits, to_dict
 from ..utils.io import write_json
+from .schedule import Budget, lr_at, progress_bar
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class TextTowerConfig:
 class ContrastiveConfig:
     """Defaults match configs/encoder.toml."""
 
-    dataset: Literal["shapes", "digits"] = "shapes"
+    dataset: WorldName = "shapes"
+    manifest: str = ""             # dataset = "manifest": its JSONL manifest (as data.manifest)
     vit: ViTConfig = field(default_factory=ViTConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     steps: int = 600
@@ -124,26 +127,15 @@ class ContrastiveConfig:
 # data: (image, caption, key) triples
 
 class Pairs:
-    """Index-addressable (image, caption, key) pairs of one split; `key` says which pairs
-    count as the same content (retrieval hits, extra positives)."""
+    """Index-addressable (image, caption, key) pairs of one split of a world (World.pairs);
+    `key` says which pairs count as the same content (retrieval hits, extra positives)."""
 
-    def __init__(self, dataset: str, split: str, image_size: int):
-        self.dataset = dataset
-        if dataset == "shapes":
-            from ..data.splits import ShapesWorld, WorldConfig
-            self.src = ShapesWorld(split, WorldConfig(image_size=image_size))
-        elif dataset == "digits":
-            from .data import DigitsSource
-            self.src = DigitsSource(split, image_size)
-        else:
-            raise ValueError(f"unknown dataset {dataset!r}; known: shapes, digits")
+    def __init__(self, world: World, split: str):
+        self.pair = world.pairs(split)
+        self.size = world.split_size(split)
 
     def __call__(self, i: int) -> tuple[np.ndarray, str, object]:
-        if self.dataset == "shapes":
-            e = self.src.caption_example(i, style=None)          # a random phrasing
-            return e.image, e.target_text, e.scene.key()
-        e = self.src.example(i, "t2i")                          # varied digit prompts
-        return e.target_image, e.text, e.meta["label"]
+        return self.pair(i)
 
     def batch(self, start: int, n: int) -> tuple[np.ndarray, list[str], list]:
         items = [self(i) for i in range(start, start + n)]
@@ -242,13 +234,6 @@ def evaluate(model: CLIP, tok: TextTokenizer, images: np.ndarray, texts: list[st
 # ---------------------------------------------------------------------------------------------
 # training
 
-def _lr_at(step: int, cfg: ContrastiveConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose another "
@@ -270,8 +255,9 @@ def train_encoder(cfg: ContrastiveConfig, out_dir, minutes: float | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    train = Pairs(cfg.dataset, "train", cfg.vit.image_size)
-    val = Pairs(cfg.dataset, "val", cfg.vit.image_size)
+    world = make_world(DataConfig(dataset=cfg.dataset, manifest=cfg.manifest,
+                                  world=WorldConfig(image_size=cfg.vit.image_size)))
+    train, val = Pairs(world, "train"), Pairs(world, "val")
     tok = _text_tokenizer(cfg, train)
     model = CLIP(cfg, tok.vocab_size)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -279,18 +265,16 @@ def train_encoder(cfg: ContrastiveConfig, out_dir, minutes: float | None = None,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     amp = cfg.autocast == "bf16"
-    n_val = min(cfg.val_scenes, len(val.src)) if cfg.dataset == "digits" else cfg.val_scenes
+    n_val = cfg.val_scenes if val.size is None else min(cfg.val_scenes, val.size)
     val_imgs, val_txt, val_keys = val.batch(0, n_val)
 
     history = []
-    t0 = time.perf_counter()
-    deadline = t0 + 60.0 * minutes if minutes else None
-    bar = tqdm(range(cfg.steps), desc=f"encoder {cfg.dataset}", disable=not progress,
-               dynamic_ncols=True, mininterval=2.0)
+    budget = Budget(minutes or 0.0)
+    bar = progress_bar(cfg.steps, f"encoder {cfg.dataset}", progress)
     step = 0
-    for step in bar:
+    for step in range(cfg.steps):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         images, texts, keys = train.batch(step * cfg.batch_size, cfg.batch_size)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             img = model.embed_images(torch.from_numpy(images))              # (B, C)
@@ -302,21 +286,22 @@ def train_encoder(cfg: ContrastiveConfig, out_dir, minutes: float | None = None,
         if (step + 1) % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{model.log_scale.exp().item():.0f}",
                             refresh=False)
-        last = step + 1 == cfg.steps or (deadline is not None and time.perf_counter() > deadline)
+        last = step + 1 == cfg.steps or budget.spent()
         if (step + 1) % cfg.eval_every == 0 or last:
             ev = evaluate(model, tok, val_imgs, val_txt, val_keys, amp)
             ev.update(step=step + 1, loss=round(loss.item(), 4),
-                      seconds=round(time.perf_counter() - t0, 1))
+                      seconds=round(budget.elapsed, 1))
             history.append(ev)
             bar.write(f"step {step + 1}: loss {loss.item():.3f} val i->t top1 "
                       f"{ev['image_to_text_top1']:.3f} top5 {ev['image_to_text_top5']:.3f} "
                       f"t->i top1 {ev['text_to_image_top1']:.3f} top5 "
                       f"{ev['text_to_image_top5']:.3f} (chance {ev['chance_top1']:.3f})",
                       file=sys.stderr)
+        bar.update(1)
         if last:
             break
     bar.close()
-    train_s = time.perf_counter() - t0
+    train_s = budget.elapsed
     metrics = {
         "val": history[-1], "val_scenes": n_val, "steps": step + 1,
         "train_seconds": round(train_s, 1), "steps_per_second": round((step + 1) / train_s, 2),

@@ -1,4 +1,4 @@
-"""Training data: task sources (ShapesWorld, digits) -> examples -> token turns -> batches.
+"""Training data: a world's task source (data/worlds.py) -> examples -> token turns -> batches.
 
 The stream is a pure function of (seed, offset, step): batch s holds examples
 offset+s*B .. offset+s*B+B-1 of the train split, each task drawn from the mixture by a generator
@@ -12,50 +12,9 @@ import random
 
 import numpy as np
 
-from ..data.splits import CAPTION_PROMPT, Example, ShapesWorld
+from ..data.splits import Example
 from ..paradigms.base import Paradigm, Turn
 from ..paradigms.sequence import Batch
-
-
-class DigitsSource:
-    """Digits as a task source: caption ("the digit 7"), vqa ("What digit is this?"), t2i."""
-
-    tasks = ("caption", "vqa", "t2i")
-
-    def __init__(self, split: str, image_size: int = 32):
-        from ..data.digits import Digits
-        self.d = Digits(split, image_size=image_size)
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.d)
-
-    def example(self, i: int, task: str) -> Example:
-        from ..data import digits as D
-        j = i % len(self.d)
-        rng = random.Random(i * 7 + {"caption": 1, "vqa": 2, "t2i": 3}[task])
-        lab, img = self.d.label(j), self.d.image(j)
-        if task == "caption":
-            return Example("caption", i, CAPTION_PROMPT, image=img,
-                           target_text=D.prompt(lab), kind="digit", meta={"label": lab})
-        if task == "vqa":
-            return Example("vqa", i, D.question(rng), image=img,
-                           target_text=D.answer(lab), kind="digit", meta={"label": lab})
-        if task == "t2i":
-            prompt = D.prompt(lab, rng if self.split == "train" else None)
-            return Example("t2i", i, prompt, target_image=img, kind="digit", meta={"label": lab})
-        raise ValueError(f"digits have no {task!r} task; known: {', '.join(self.tasks)}")
-
-
-def make_source(data, split: str):
-    """The task source a run's data config (train.config.DataConfig) describes."""
-    if data.dataset == "shapes":
-        return ShapesWorld(split, data.world, reasoning=data.vqa_reasoning != "none",
-                           vqa_turns=data.vqa_turns, vqa_extra_kinds=data.vqa_extra_kinds,
-                           edit_turns=data.edit_turns)
-    if data.dataset == "digits":
-        return DigitsSource(split, data.world.image_size)
-    raise ValueError(f"unknown dataset {data.dataset!r}; known: shapes, digits")
 
 
 class Encoder:
@@ -124,16 +83,3 @@ class TaskStream:
         tasks = rng.choices(self.tasks, self.weights, k=self.B)
         examples = [self.source.example(i, t) for i, t in zip(idx, tasks)]
         return self.paradigm.make_batch(self.enc.turns(examples), rng)
-
-
-def text_corpus(source, n: int) -> list[str]:
-    """Every string the model reads or writes in n train examples per task (fits the BPE)."""
-    out = []
-    for task in source.tasks:
-        for i in range(n):
-            e = source.example(10 ** 8 + i, task) if isinstance(source, ShapesWorld) \
-                else source.example(i, task)
-            out.append(e.text)
-            if e.target_text:
-                out.append(e.target_text)
-    return out

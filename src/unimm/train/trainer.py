@@ -2,9 +2,13 @@
 
 AdamW (no decay on norms), linear warm-up then cosine to `min_lr_ratio`, gradient clipping,
 bf16 autocast on CPU and GPU, optional EMA of the weights, a wall-clock budget, periodic
-evaluation with the judge, a tqdm bar with rate and ETA, metrics.csv + curves.png, and
+evaluation with the world's judge, a tqdm bar with rate and ETA (schedule, budget and bar:
+train/schedule.py, shared with the tokenizer and encoder loops), metrics.csv + curves.png, and
 safetensors checkpoints that resume exactly (the data stream is a function of the step, so the
 next loss after a restart equals the one the uninterrupted run would have seen).
+
+A Trainer trains the model only: the run folder must already hold its tokenizers
+(train/tokenizer.py `prepare_tokenizers`, which `unimm train` runs first).
 """
 
 from __future__ import annotations
@@ -12,39 +16,39 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import math
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from ..data.worlds import make_world
+from ..eval.evaluate import evaluate
 from ..paradigms.sequence import split_by_length
-from ..utils.io import write_text
-from ..utils.plot import curves
-from .checkpoint import find_checkpoint, load_checkpoint, remove_stale, save_checkpoint
-from .config import RunConfig
-from .data import Encoder, TaskStream, make_source
-from .run import (
+from ..pipeline import Pipeline
+from ..runs import (
+    RunConfig,
+    RunError,
     build_parts,
-    prepare_tokenizers,
+    has_tokenizers,
+    load_config,
+    load_tokenizers,
     recorded_weights,
     resolve_device,
     save_config,
     save_run_weights,
 )
-
-
-def lr_at(step: int, cfg, max_steps: int, time_frac: float | None = None) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine to `min_lr_ratio` over the rest of the
-    step horizon, or over the elapsed fraction of the wall-clock budget (`time_frac`)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if time_frac is None:
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
-    else:
-        frac = min(1.0, max(0.0, time_frac))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+from ..runs.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    remove_stale,
+    save_checkpoint,
+)
+from ..utils.io import write_text
+from ..utils.plot import curves
+from .data import Encoder, TaskStream
+from .schedule import Budget, lr_at, progress_bar
 
 
 def _optimizer(model, cfg):
@@ -65,8 +69,12 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for p in remove_stale(self.run_dir):        # what a killed write left behind
             tqdm.write(f"removed {p} (left by an interrupted write)")
-        text_tok, image_tok = prepare_tokenizers(cfg, self.run_dir)
-        torch.manual_seed(tc.seed)         # after tokenizer training: init depends on seed only
+        if not has_tokenizers(self.run_dir):
+            raise RunError(f"{self.run_dir} has no tokenizers: give it them first with "
+                           f"unimm.train.tokenizer.prepare_tokenizers(cfg, run_dir) (`unimm "
+                           f"train` does)")
+        text_tok, image_tok = load_tokenizers(self.run_dir)
+        torch.manual_seed(tc.seed)         # the initialisation depends on the seed only
         self.parts = build_parts(cfg, text_tok, image_tok)
         self.parts.paradigm.init_pretrained(self.parts.model)
         if tc.init_from and find_checkpoint(self.run_dir / "ckpt") is None:
@@ -75,9 +83,10 @@ class Trainer:
         self.model = self.parts.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval() if tc.ema > 0 else None
         self.opt = _optimizer(self.model, tc)
-        self.stream = TaskStream(make_source(cfg.data, "train"),
-                                 Encoder(text_tok, image_tok), self.parts.paradigm,
-                                 cfg.data.weights(), tc.batch_size, tc.seed, tc.data_offset)
+        world = make_world(cfg.data)
+        self.stream = TaskStream(world.source("train"), Encoder(text_tok, image_tok),
+                                 self.parts.paradigm, world.task_weights(), tc.batch_size,
+                                 tc.seed, tc.data_offset)
         self.step, self.max_steps, self.elapsed = 0, tc.max_steps, 0.0
         self.horizon_fixed = False
         self.budget_s = 60.0 * tc.minutes          # fit(minutes=...) sets the run's own
@@ -87,12 +96,10 @@ class Trainer:
         self.history: list[dict] = []
 
     def _warm_start(self, src: Path) -> None:
-        from .checkpoint import load_weights
-        from .run import RunError, load_config
         other = load_config(src)
-        if other.model != self.cfg.model:
-            raise RunError(f"train.init_from={src}: its model shape {other.model} differs from "
-                           f"this run's {self.cfg.model}")
+        if other.model.backbone != self.cfg.model.backbone:    # code options may be new here
+            raise RunError(f"train.init_from={src}: its model shape {other.model.backbone} "
+                           f"differs from this run's {self.cfg.model.backbone}")
         kept = load_weights(self.parts.model, src / "model.safetensors", allow_missing=True)
         if kept:
             tqdm.write(f"warm start from {src}; new parameters keep their init: {kept}")
@@ -140,7 +147,7 @@ class Trainer:
         tc = self.cfg.train
         time_frac = (self.elapsed / self.budget_s if tc.horizon == "time" and self.budget_s
                      else None)
-        lr = lr_at(self.step, tc, self.max_steps, time_frac)
+        lr = lr_at(self.step, tc.lr, tc.warmup_steps, self.max_steps, tc.min_lr_ratio, time_frac)
         for g in self.opt.param_groups:
             g["lr"] = lr
         batch = self.stream.batch(self.step).to(self.device)
@@ -209,8 +216,6 @@ class Trainer:
         return torch.as_tensor(out), stats
 
     def evaluate(self, quick: bool = True) -> dict:
-        from ..eval.evaluate import evaluate
-        from ..pipeline import Pipeline
         model = self.ema or self.model
         model.eval()
         pipe = Pipeline(self.parts, model=model, device=self.device)
@@ -218,30 +223,28 @@ class Trainer:
 
     def fit(self, minutes: float | None = None) -> dict:
         tc = self.cfg.train
-        budget = 60.0 * (minutes if minutes is not None else tc.minutes)
-        self.budget_s = budget
+        budget = Budget(minutes if minutes is not None else tc.minutes, self.elapsed)
+        self.budget_s = budget.seconds
         start_step, elapsed_0 = self.step, self.elapsed
-        t_start = time.perf_counter() - self.elapsed
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress,
-                   desc=self.cfg.name, unit="step", dynamic_ncols=True)
+        bar = progress_bar(self.max_steps, self.cfg.name, self.progress, initial=self.step)
         tokens = 0
         self._last_t = time.perf_counter()         # tokens/s windows start now, also on resume
         # stop once the budget is spent (at once for a resumed run that had spent it)
-        while self.step < self.max_steps and not (budget and self.elapsed >= budget):
+        while self.step < self.max_steps and not budget.spent(self.elapsed):
             rec = self.train_step()
             tokens += rec.pop("tokens")
-            self.elapsed = time.perf_counter() - t_start
+            self.elapsed = budget.elapsed
             if budget and tc.horizon == "time" and self.step % tc.log_every == 0:
                 # the bar's total: the step count the budget will reach at the rate so far
                 bar.total = min(self.max_steps, max(self.step, int(
-                    self.step + (budget - self.elapsed) * (self.step - start_step)
+                    self.step + (budget.seconds - self.elapsed) * (self.step - start_step)
                     / max(self.elapsed - elapsed_0, 1e-6))))
             if budget and tc.horizon == "steps" and not self.horizon_fixed \
                     and self.step - start_step == 20:
                 # Fix the schedule horizon once from the measured rate; it is saved with the
                 # checkpoint, so a resumed run follows the same schedule.
                 per_step = (self.elapsed - elapsed_0) / 20
-                left = budget - self.elapsed
+                left = budget.seconds - self.elapsed
                 self.max_steps = min(self.max_steps, self.step + int(left / max(per_step, 1e-6)))
                 self.horizon_fixed = True
                 bar.total = self.max_steps

@@ -2,6 +2,14 @@
 
 Unknown keys and wrong types raise `ConfigError` naming the valid keys or the expected type
 (silent acceptance of a typo is a bug). Nested dataclasses map to TOML tables.
+
+Two declared exceptions to "a key is a field":
+- A tagged union (`tagged(tag, options)` as a field's metadata): the field holds the config of
+  the option another field (`tag`) names, read from and written to a table named like that
+  option (`paradigm = "masked"` + `[masked]`). Tables of the other options are checked (their
+  typos still raise) and dropped, so one file may carry a table for every option.
+- Moved keys (a class's `MOVED = {"old": "table.new"}`): an old key is read as its new place,
+  with a `ConfigWarning` saying where it lives now.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -18,6 +27,41 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+class ConfigWarning(UserWarning):
+    """A config was read with a key that has moved (see the message for its new place)."""
+
+
+def tagged(tag: str, options: dict[str, type]) -> dict:
+    """Field metadata of a tagged union: the field holds an `options[<value of field tag>]`,
+    read from and written to the table named by that value (see the module notes)."""
+    return {"tagged_by": tag, "options": options}
+
+
+def _tagged_fields(cls) -> list:
+    return [f for f in dataclasses.fields(cls) if "tagged_by" in f.metadata]
+
+
+def _move_keys(cls, data: dict, where: str) -> dict:
+    """Old keys of `cls.MOVED` read as their new place (one table deep), with a warning."""
+    moved = getattr(cls, "MOVED", {})
+    old = [k for k in data if k in moved]
+    if not old:
+        return data
+    data = dict(data)
+    prefix = f"{where}." if where else ""
+    for k in old:
+        table, _, leaf = moved[k].partition(".")
+        inner = dict(data.get(table) or {})
+        if leaf in inner:
+            raise ConfigError(f"{prefix}{k} and {prefix}{moved[k]} are both given; {k} has "
+                              f"moved to {moved[k]}: give only that")
+        inner[leaf] = data.pop(k)
+        data[table] = inner
+        warnings.warn(f"config key {prefix}{k} has moved to {prefix}{moved[k]}; read as "
+                      f"{prefix}{moved[k]} (write it there)", ConfigWarning, stacklevel=4)
+    return data
 
 
 def _type_name(tp) -> str:
@@ -104,14 +148,30 @@ def check_limits(obj, limits: dict[str, tuple[float, float]]) -> None:
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass `cls` from `data`, strictly."""
     hints = typing.get_type_hints(cls)
+    data = _move_keys(cls, data, where)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    union = _tagged_fields(cls)
+    keys = set(fields) - {f.name for f in union}
+    keys |= {name for f in union for name in f.metadata["options"]}
+    unknown = sorted(set(data) - keys)
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(prefix + k for k in unknown)}; valid keys"
-                          f"{' of ' + where if where else ''}: {', '.join(sorted(fields))}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+                          f"{' of ' + where if where else ''}: {', '.join(sorted(keys))}")
+    data = dict(data)
+    kwargs = {}
+    for f in union:
+        tag, options = f.metadata["tagged_by"], f.metadata["options"]
+        chosen = _coerce(data.get(tag, fields[tag].default), hints[tag],
+                         f"{where}.{tag}" if where else tag)
+        for name, option in options.items():           # every table is checked
+            if name in data:
+                value = _coerce(data.pop(name), option, f"{where}.{name}" if where else name)
+                if name == chosen:
+                    kwargs[f.name] = value
+    kwargs.update({k: _coerce(v, hints[k], f"{where}.{k}" if where else k)
+                   for k, v in data.items()})
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -119,10 +179,12 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
 
 
 def to_dict(obj) -> dict:
-    """Plain dict (TOML/JSON-ready) of a dataclass instance."""
+    """Plain dict (TOML/JSON-ready) of a dataclass instance (a tagged union's field under the
+    name of its option: what `from_dict` reads back)."""
     def conv(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {(getattr(v, f.metadata["tagged_by"]) if "tagged_by" in f.metadata
+                     else f.name): conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
         return v

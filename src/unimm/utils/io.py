@@ -15,7 +15,7 @@ class OutputPathError(ValueError):
 
 
 # Temporary names of atomic writes: `.<name>.<random>.tmp` (files), `.ckpt.<random>` (folders,
-# train/checkpoint.py). A kill between creating and renaming one leaves it behind.
+# runs/checkpoint.py). A kill between creating and renaming one leaves it behind.
 TMP_FILE_GLOB = ".*.tmp"
 
 

@@ -22,8 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..data.images import load_image
-from ..data.shapes import (COLOR_NAMES, COLORS, GRID, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SHAPES,
+from .images import load_image
+from .shapes import (COLOR_NAMES, COLORS, GRID, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SHAPES,
                            SIZES, Obj, Scene, shape_pixels, template)
 
 FG_SCALE = 180.0

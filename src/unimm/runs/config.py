@@ -1,83 +1,76 @@
-"""The run configuration: it only composes the sub-configs that live next to their code."""
+"""The run configuration, as a run folder records it (config.json) and `unimm train` reads it.
+
+`RunConfig` composes the sub-configs that live next to their code (the model's in
+model/config.py, each paradigm's in paradigms/, the data's in data/worlds.py); each component
+receives its own table (build_paradigm the selected paradigm's, the world its DataConfig). Three tables are defined here
+instead: `TrainConfig` (the trainer's settings, train/trainer.py), `TokenizerTrainConfig` (the
+image tokenizer trainer's, train/tokenizer.py) and `EvalConfig` (evaluation counts and the run's
+sampling defaults, read by eval/ and by the Pipeline). Their code sits in layers above runs/
+(train, eval, pipeline), which import this module; defining the tables there would make runs/
+import upwards. They are plain dataclasses that import nothing above runs/.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ..data.splits import WorldConfig, check_question_kinds
-from ..data.text import QUESTION_KINDS
-from ..model.backbone import BackboneConfig
-from ..paradigms import ParadigmName
+from ..data.worlds import DataConfig
+from ..model.config import ModelConfig
+from ..paradigms import PARADIGM_CONFIGS, ParadigmName
 from ..paradigms.ar import ARConfig
 from ..paradigms.decoupled import DecoupledConfig
 from ..paradigms.flow import FlowConfig
 from ..paradigms.masked import MaskedConfig
 from ..paradigms.mmada import MMaDAConfig
 from ..paradigms.sampling import MAX_GUIDANCE
-from ..tokenizers.train_image import TokenizerTrainConfig
-from ..utils.config import check_limits
+from ..tokenizers.image import ImageTokenizerConfig
+from ..utils.config import check_limits, tagged
+
+ParadigmConfig = ARConfig | DecoupledConfig | FlowConfig | MaskedConfig | MMaDAConfig
+# the token model's options, once top-level keys of the run config, now in [model]
+MODEL_OPTIONS = ("code_init", "image_pos", "code_mlp", "code_latents")
 
 PRECISIONS = ("fp32", "bf16")   # sampling precisions: eval.precision, Pipeline.load(precision=)
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    dataset: Literal["shapes", "digits"] = "shapes"
-    world: WorldConfig = field(default_factory=WorldConfig)
-    # Task mixture: relative weights of the tasks in a batch (digits has no edits).
-    caption: float = 1.0
-    vqa: float = 2.0
-    t2i: float = 2.0
-    edit: float = 1.0
-    text_vocab_size: int = 512
-    text_corpus: int = 4000           # train examples per task the BPE is fitted on
-    # "caption": VQA targets first describe the whole scene, then answer after "Answer:"
-    # (ShapesWorld only; the pipeline returns the part after the mark).
-    vqa_reasoning: Literal["none", "caption"] = "none"
-    # Questions per training VQA example: the first, then follow-up turns about the same
-    # picture (ShapesWorld only). Evaluation always asks one question per picture.
-    vqa_turns: int = 1
-    # Question kinds asked once more per picture after one of every kind (e.g. the hardest:
-    # ["relation", "compare"]); vqa_turns must leave room for them all.
-    vqa_extra_kinds: tuple[str, ...] = ()
-    # Edits per training editing example: several edits of one source picture, each a branch
-    # that sees the source and its own instruction (ShapesWorld, paradigm "ar").
-    edit_turns: int = 1
+class TokenizerTrainConfig:
+    """The image tokenizer trainer's settings (train/tokenizer.py, `unimm train-tokenizer`, a
+    run's `[image_tokenizer]` table). Defaults match configs/tokenizer.toml (32x32 ShapesWorld)."""
+
+    tokenizer: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)
+    steps: int = 1500
+    batch_size: int = 256            # images per step (x codes_per_image latents)
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    background_keep: float = 0.1     # share of all-black patches trained on (PatchVQ)
+    init_images: int = 256           # images whose latents seed the codebook (k-means++)
+    restart_every: int = 50          # steps between dead-code restarts (0 = never)
+    dead_min_count: float = 1.0      # codes assigned fewer times per restart window are dead
+    eval_every: int = 500
+    val_images: int = 512
+    test_scenes: int = 2000          # final judge / PSNR measurement (test split)
+    autocast: Literal["bf16", "none"] = "bf16"
+    threads: int = 0                 # torch threads; 0 leaves the default
+    seed: int = 0
 
     # Accepted ranges of the size fields, checked before anything is allocated.
-    LIMITS: ClassVar[dict] = {"text_vocab_size": (1, 1048576), "text_corpus": (1, 10000000),
-                              "vqa_turns": (1, 64), "edit_turns": (1, 64)}
+    LIMITS: ClassVar[dict] = {"steps": (0, 100000000), "batch_size": (1, 1048576),
+                              "warmup_steps": (0, 100000000), "init_images": (1, 1000000),
+                              "restart_every": (0, 100000000), "eval_every": (1, 100000000),
+                              "val_images": (1, 1000000), "test_scenes": (1, 1000000),
+                              "threads": (0, 1024)}
 
     def __post_init__(self):
         check_limits(self, self.LIMITS)
-        if self.vqa_turns < 1:
-            raise ValueError(f"vqa_turns must be >= 1, got {self.vqa_turns}")
-        if self.edit_turns < 1:
-            raise ValueError(f"edit_turns must be >= 1, got {self.edit_turns}")
-        if self.edit_turns > 1 and self.dataset != "shapes":
-            raise ValueError("edit_turns > 1 needs dataset = 'shapes' (digits have no editing)")
-        if self.vqa_turns > 1 and self.dataset != "shapes":
-            raise ValueError("vqa_turns > 1 needs dataset = 'shapes' (a digit has one question to ask)")
-        if self.vqa_extra_kinds:
-            check_question_kinds(self.vqa_extra_kinds)
-            need = len(QUESTION_KINDS) + len(self.vqa_extra_kinds)
-            if self.vqa_turns < need:
-                raise ValueError(f"vqa_extra_kinds asks {len(self.vqa_extra_kinds)} more questions "
-                                 f"after one of each of the {len(QUESTION_KINDS)} kinds: set "
-                                 f"data.vqa_turns = {need} (got {self.vqa_turns})")
-        if self.vqa_reasoning not in ("none", "caption"):
-            raise ValueError(f"vqa_reasoning must be 'none' or 'caption', got {self.vqa_reasoning!r}")
-        if self.vqa_reasoning != "none" and self.dataset != "shapes":
-            raise ValueError("vqa_reasoning needs dataset = 'shapes' (digit answers have nothing to describe)")
-
-    def weights(self) -> dict[str, float]:
-        w = {"caption": self.caption, "vqa": self.vqa, "t2i": self.t2i, "edit": self.edit}
-        if self.dataset == "digits":
-            w.pop("edit")
-        if any(x < 0 for x in w.values()) or sum(w.values()) <= 0:
-            raise ValueError(f"task weights must be >= 0 with a positive sum, got {w}")
-        return {k: x for k, x in w.items() if x > 0}
+        for name in ("steps", "batch_size", "init_images", "eval_every", "val_images",
+                     "test_scenes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -188,44 +181,47 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A run: its name, its paradigm with that paradigm's own table, and the tables of the
+    model, data, tokenizers, training and evaluation.
+
+    The paradigm is a tagged union: `paradigm = "masked"` selects it and `[masked]` is its
+    table (`paradigm_config`, saved under the paradigm's name). A file may also hold tables of
+    other paradigms (one config for a comparison, `--set paradigm=NAME` picks): those are
+    checked (a typo in them still raises) and dropped, and config.json records the selected
+    table only. Options that moved into `[model]` (`MOVED`) are read there with a warning."""
+
     name: str = "shapes-ar"
     paradigm: ParadigmName = "ar"
-    ar: ARConfig = field(default_factory=ARConfig)
-    decoupled: DecoupledConfig = field(default_factory=DecoupledConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    masked: MaskedConfig = field(default_factory=MaskedConfig)
-    mmada: MMaDAConfig = field(default_factory=MMaDAConfig)
-    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
+    # the selected paradigm's config (None: its defaults); read and written as [<paradigm>]
+    paradigm_config: ParadigmConfig | None = field(
+        default=None, metadata=tagged("paradigm", PARADIGM_CONFIGS))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(
         dim=256, n_layers=6, n_heads=8, max_seq_len=256))
     data: DataConfig = field(default_factory=DataConfig)
     image_tokenizer: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
     image_tokenizer_path: str = ""    # an already trained tokenizer folder; "" = train one
-    # Initial embeddings of image codes: independent random vectors, or a random projection of
-    # the tokenizer's codebook (similar patches start similar; see TokenModel.init_codes_from).
-    code_init: Literal["random", "codebook"] = "random"
-    # Learned absolute (row, col) embeddings added to image-code inputs (TokenModel docs).
-    image_pos: Literal["none", "learned"] = "none"
-    # > 0: Janus-style image-code input/output MLPs with this code-embedding width instead of
-    # rows of the shared table and head (model/unified.py CodeMLP; needed for the Janus format).
-    code_mlp: int = 0
-    # Image codes also read in and scored out through the tokenizer's frozen codebook vectors
-    # (zero-initialised linear maps beside the table; model/unified.py), so codes for similar
-    # patches share what is learned about them. Can be switched on when continuing a run.
-    code_latents: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    # keys of earlier versions -> where they live now (read there, with a ConfigWarning)
+    MOVED: ClassVar[dict[str, str]] = {k: f"model.{k}" for k in MODEL_OPTIONS}
+
     def __post_init__(self):
-        if self.code_mlp < 0:
-            raise ValueError(f"code_mlp must be >= 0 (0 = off), got {self.code_mlp}")
-        if self.code_mlp and self.code_init == "codebook":
-            raise ValueError("code_init = 'codebook' initialises rows of the shared table; "
-                             "with code_mlp > 0 codes have their own embedding (use 'random')")
-        if self.code_mlp and self.code_latents:
-            raise ValueError("code_latents and code_mlp are two ways to embed codes; pick one")
+        want = PARADIGM_CONFIGS.get(self.paradigm)
+        if want is None:
+            raise ValueError(f"paradigm {self.paradigm!r} is not available; available: "
+                             f"{', '.join(PARADIGM_CONFIGS)}")
+        if self.paradigm_config is None:
+            object.__setattr__(self, "paradigm_config", want())
+        elif not isinstance(self.paradigm_config, want):
+            raise ValueError(f"paradigm {self.paradigm!r} takes a {want.__name__} as its "
+                             f"config, got a {type(self.paradigm_config).__name__}")
+        if not isinstance(self.model, ModelConfig):          # a bare backbone shape
+            object.__setattr__(self, "model", ModelConfig.of(self.model))
         if self.data.edit_turns > 1 and self.paradigm != "ar":
             raise ValueError(f"data.edit_turns > 1 (edit branches) is for paradigm 'ar'; "
                              f"paradigm {self.paradigm!r} trains one edit per picture: set "
                              f"data.edit_turns = 1")
-        if self.code_latents and self.paradigm == "flow":
-            raise ValueError("code_latents: paradigm 'flow' reads continuous latents, not codes")
+        if self.model.code_latents and self.paradigm == "flow":
+            raise ValueError("model.code_latents: paradigm 'flow' reads continuous latents, "
+                             "not codes")

@@ -10,10 +10,10 @@ from collections import Counter
 
 import numpy as np
 
-from ..data.shapes import Scene, render
-from ..data.splits import SPLIT_SIZE, ShapesWorld, WorldConfig
+from .shapes import Scene, render
+from .splits import SPLIT_SIZE, ShapesWorld, WorldConfig
 from . import perturb as P
-from .judge import judge, judge_batch
+from .shapes_judge import judge, judge_batch
 
 
 def confusions(truth: list[Scene], judged: list[Scene]) -> dict:

@@ -12,26 +12,27 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..model.unified import TokenModel
-from ..paradigms import build_paradigm
+from ..paradigms import PARADIGM_CONFIGS, build_paradigm
 from ..paradigms.base import Paradigm
 from ..paradigms.sequence import Vocab
 from ..tokenizers.image import ImageTokenizer, load_image_tokenizer
 from ..tokenizers.text import TextTokenizer
-from ..utils.config import ConfigError, from_dict, to_dict
+from ..utils.config import from_dict, to_dict
 from ..utils.io import read_json, write_json
 from .checkpoint import find_checkpoint, load_weights, save_weights, weights_sha256
-from .config import RunConfig
-from .data import make_source, text_corpus
+from .config import MODEL_OPTIONS, RunConfig
 
 RUN_FORMAT = "unimm.run"
-RUN_VERSION = 1
+# 2: the selected paradigm's table only; code_init / image_pos / code_mlp / code_latents in
+# [model]. Version 1 folders (every paradigm's table, those options at the top) load through
+# `migrate_config`.
+RUN_VERSION = 2
 WEIGHTS = "model.safetensors"
 
 
@@ -57,38 +58,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _train_image_tokenizer(cfg: RunConfig, out: Path) -> None:
-    from ..tokenizers.train_image import train_image_tokenizer
-    tc = cfg.image_tokenizer
-    if tc.tokenizer.image_size != cfg.data.world.image_size:
-        raise ConfigError(f"image_tokenizer.tokenizer.image_size ({tc.tokenizer.image_size}) "
-                          f"must equal data.world.image_size ({cfg.data.world.image_size})")
-    train_image_tokenizer(tc, out, progress=False, dataset=cfg.data.dataset)
+def load_tokenizers(run_dir: Path) -> tuple[TextTokenizer, ImageTokenizer]:
+    """The run's BPE and image tokenizer; RunError when the folder has none (tokenizers are
+    trained, or copied, by a training step: unimm.train.tokenizer.prepare_tokenizers)."""
+    run_dir = Path(run_dir)
+    try:
+        text_tok = TextTokenizer.load(run_dir / "tokenizer" / "text")
+        image_tok = load_image_tokenizer(run_dir / "tokenizer" / "image")
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run_dir}: cannot load the tokenizers ({e})") from None
+    return text_tok, image_tok
 
 
-def prepare_tokenizers(cfg: RunConfig, run_dir: Path) -> tuple[TextTokenizer, ImageTokenizer]:
-    """Load the run's tokenizers, training (or copying) them first if the run has none."""
-    img_dir, txt_dir = run_dir / "tokenizer" / "image", run_dir / "tokenizer" / "text"
-    if cfg.train.init_from and not (img_dir / "tokenizer.json").is_file():
-        src = Path(cfg.train.init_from) / "tokenizer"
-        if not (src / "image" / "tokenizer.json").is_file() or \
-                not (src / "text" / "text_tokenizer.json").is_file():
-            raise RunError(f"train.init_from={cfg.train.init_from}: no tokenizers under {src}")
-        shutil.copytree(src, run_dir / "tokenizer", dirs_exist_ok=True)
-    if not (img_dir / "tokenizer.json").is_file():
-        if cfg.image_tokenizer_path:
-            src = Path(cfg.image_tokenizer_path)
-            if not (src / "tokenizer.json").is_file():
-                raise RunError(f"image_tokenizer_path {src} holds no tokenizer.json")
-            img_dir.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(src, img_dir, dirs_exist_ok=True)
-        else:
-            _train_image_tokenizer(cfg, img_dir)
-    if not (txt_dir / "text_tokenizer.json").is_file():
-        src = make_source(cfg.data, "train")
-        tok = TextTokenizer.train(text_corpus(src, cfg.data.text_corpus), cfg.data.text_vocab_size)
-        tok.save(txt_dir)
-    return TextTokenizer.load(txt_dir), load_image_tokenizer(img_dir)
+def has_tokenizers(run_dir: Path) -> bool:
+    """Whether the run folder holds both tokenizers' files (loading may still fail)."""
+    tok = Path(run_dir) / "tokenizer"
+    return (tok / "image" / "tokenizer.json").is_file() and \
+        (tok / "text" / "text_tokenizer.json").is_file()
 
 
 def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
@@ -96,13 +82,14 @@ def build_parts(cfg: RunConfig, text_tok, image_tok) -> Parts:
         raise RunError(f"the image tokenizer reads {image_tok.image_size}px images but the data "
                        f"is {cfg.data.world.image_size}px")
     vocab = Vocab(text_tok.vocab_size, image_tok.codebook_size, tuple(image_tok.grid))
-    model = TokenModel(vocab.size, cfg.model, code_start=vocab.code_start,
-                       image_grid=vocab.grid if cfg.image_pos == "learned" else None,
-                       code_mlp=cfg.code_mlp,
-                       code_latents=image_tok.quantizer.codebook if cfg.code_latents else None)
-    if cfg.code_init == "codebook":
+    mc = cfg.model
+    model = TokenModel(vocab.size, mc, code_start=vocab.code_start,
+                       image_grid=vocab.grid if mc.image_pos == "learned" else None,
+                       code_mlp=mc.code_mlp,
+                       code_latents=image_tok.quantizer.codebook if mc.code_latents else None)
+    if mc.code_init == "codebook":
         model.init_codes_from(image_tok.quantizer.codebook, vocab.code_start)
-    paradigm = build_paradigm(cfg.paradigm, vocab, cfg)
+    paradigm = build_paradigm(cfg.paradigm, vocab, cfg.paradigm_config)
     paradigm.attach(model, image_tok)
     return Parts(cfg, vocab, text_tok, image_tok, model, paradigm)
 
@@ -135,6 +122,25 @@ def recorded_weights(run_dir: Path) -> dict[str, str]:
     return {k: v for k, v in w.items() if isinstance(v, str)} if isinstance(w, dict) else {}
 
 
+def migrate_config(config: dict, version: int) -> dict:
+    """A saved run config (config.json's "config") of an earlier version, as today's: version
+    1 kept every paradigm's table (only the selected one was ever used) and the token model's
+    options at the top; both move to where RunConfig reads them now. The same model loads."""
+    if version >= RUN_VERSION or not isinstance(config, dict):
+        return config
+    d = dict(config)
+    chosen = d.get("paradigm", "ar")
+    for name in PARADIGM_CONFIGS:
+        if name != chosen:
+            d.pop(name, None)
+    model = dict(d.get("model") or {})
+    for key in MODEL_OPTIONS:
+        if key in d:
+            model[key] = d.pop(key)
+    d["model"] = model
+    return d
+
+
 def load_config(run_dir: Path) -> RunConfig:
     p = Path(run_dir) / "config.json"
     if not p.is_file():
@@ -145,18 +151,18 @@ def load_config(run_dir: Path) -> RunConfig:
         raise RunError(f"{p} is not valid JSON ({e})") from None
     if not isinstance(d, dict) or d.get("format") != RUN_FORMAT:
         raise RunError(f"{p} is not a unimm run config (format tag missing)")
-    return from_dict(RunConfig, d["config"])
+    version = d.get("version", 1)
+    if not isinstance(version, int) or version > RUN_VERSION:
+        raise RunError(f"{p} is a version {version!r} run; this unimm reads versions up to "
+                       f"{RUN_VERSION} (a newer unimm wrote it)")
+    return from_dict(RunConfig, migrate_config(d["config"], version))
 
 
 def load_run(run_dir, device="cpu") -> Parts:
     """Rebuild a saved run for inference (weights: model.safetensors, else the checkpoint)."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    try:
-        text_tok = TextTokenizer.load(run_dir / "tokenizer" / "text")
-        image_tok = load_image_tokenizer(run_dir / "tokenizer" / "image")
-    except (OSError, ValueError) as e:
-        raise RunError(f"{run_dir}: cannot load the tokenizers ({e})") from None
+    text_tok, image_tok = load_tokenizers(run_dir)
     parts = build_parts(cfg, text_tok, image_tok)
     w = run_dir / WEIGHTS
     if w.is_file():

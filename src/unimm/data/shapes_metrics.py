@@ -1,4 +1,4 @@
-"""Metrics on top of the judge, as pure functions of (references, predictions).
+"""ShapesWorld's metrics on top of the judge, as pure functions of (references, predictions).
 
 Scenes are compared with `Scene.key()`: shape, colour, size and cell of every object (jitter is
 not part of the answer). Every function returns plain floats / dicts ready for JSON.
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ..data.shapes import Scene
-from ..data.text import normalize_answer, parse_caption
 from .geneval import CATEGORIES, GenevalPrompt
+from .shapes import Scene
+from .text import normalize_answer, parse_caption
 
 
 def _mean(xs) -> float:

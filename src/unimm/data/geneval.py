@@ -22,8 +22,8 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..data.shapes import (COLOR_NAMES, GRID, SHAPES, SIZES, Obj, Scene, place)
-from ..data.text import article, number_word, plural
+from .shapes import (COLOR_NAMES, GRID, SHAPES, SIZES, Obj, Scene, place)
+from .text import article, number_word, plural
 
 CATEGORIES: tuple[str, ...] = (
     "single_object", "two_object", "counting", "colors", "position", "color_attr")

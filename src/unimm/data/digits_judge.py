@@ -28,8 +28,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..data.digits import GRID, parse_digit_answer, raw_scans, split_indices, to_8x8
-from ..data.images import load_image
+from .digits import GRID, parse_digit_answer, raw_scans, split_indices, to_8x8
+from .images import load_image
 
 SVC_PARAMS = {"gamma": 0.001, "C": 10.0}
 CALIBRATION_FOLDS = 5
