@@ -174,6 +174,7 @@ def test_text_decoding_stays_in_the_text_vocabulary():
     assert all(0 <= t < V.n_text for seq in out for t in seq)
 
 
+@pytest.mark.slow
 def test_overfitting_one_batch_drives_the_loss_near_zero():
     torch.manual_seed(0)
     m = TokenModel(V.size, BackboneConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=128))

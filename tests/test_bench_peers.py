@@ -18,6 +18,7 @@ def _peers(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_bench_peers_quick_smoke(tmp_path):
     r = _peers("--only", "xtransformers,transfusion,janus", "--quick", "-o", str(tmp_path / "p"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -77,6 +78,7 @@ def test_xtransformers_carries_our_weights_exactly():
     assert xt_parity(TRAIN_SHAPES["quick"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_bench_peers_rejects_unknown_names(tmp_path):
     r = _peers("--only", "xtransformers,nope", "--quick", "-o", str(tmp_path / "x"), timeout=120)
     assert r.returncode == 2 and "nope" in r.stderr and "available: xtransformers" in r.stderr

@@ -26,6 +26,7 @@ def _numbers(obj, path=""):
         yield path, obj
 
 
+@pytest.mark.slow
 def test_bench_speed_quick_smoke(tmp_path):
     r = _speed("--config", "configs/tiny.toml", "--paradigms", "ar,masked,flow", "--quick",
                "--compile", "--bf16", "-o", str(tmp_path / "s"))
@@ -79,6 +80,7 @@ def test_bench_speed_quick_smoke(tmp_path):
 @pytest.mark.parametrize("args,msg", [(("--paradigms", "ar,nope"), "available"),
                                       (("--sizes", "huge"), "available"),
                                       (("--device", "tpu"), "device")])
+@pytest.mark.slow
 def test_bench_speed_rejects_bad_options(tmp_path, args, msg):
     r = _speed("--config", "configs/tiny.toml", "--quick", *args, "-o", str(tmp_path / "x"),
                timeout=120)

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from unimm.data.shapes import render, scene_from_seed
@@ -13,6 +14,7 @@ def run(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_judge_selftest_prints_one_json_object():
     r = run("judge", "--selftest", "--n", "300", "--seed", "1")
     assert r.returncode == 0, r.stderr
@@ -20,6 +22,7 @@ def test_judge_selftest_prints_one_json_object():
     assert d["clean_exact"] >= 0.995 and d["perturbed_exact"] >= 0.98
 
 
+@pytest.mark.slow
 def test_judge_image_and_errors(tmp_path):
     sc = scene_from_seed(11)
     Image.fromarray(render(sc)).save(tmp_path / "s.png")
@@ -34,6 +37,7 @@ def test_judge_image_and_errors(tmp_path):
     assert r.returncode == 2 and "square RGB" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_data_preview_export_check(tmp_path):
     r = run("data", "preview", "--n", "4", "-o", str(tmp_path / "g.png"), "--task", "edit")
     assert r.returncode == 0, r.stderr
@@ -50,6 +54,7 @@ def test_data_preview_export_check(tmp_path):
     assert r.returncode == 2 and "No such option" in r.stderr
 
 
+@pytest.mark.slow
 def test_unknown_precision_is_refused_before_anything_loads(tmp_path):
     out = tmp_path / "e.json"
     for cmd in (("eval", "--precision", "fp16", "-o", str(out)), ("serve", "--precision", "int8")):

@@ -42,6 +42,7 @@ def test_zero_initialised_and_slices_agree():
     assert torch.allclose(full[..., :N_TEXT], h @ feat.head.weight[:N_TEXT].T, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_shape_and_conflicts_are_checked(tiny_tokenizer):
     with pytest.raises(ValueError, match=r"\(12, d\)"):
         TokenModel(N_TEXT + K, CFG, code_start=N_TEXT, code_latents=torch.randn(K + 1, D))
@@ -60,6 +61,7 @@ def plain_run(tiny_tokenizer, tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_warm_start_trains_and_reloads(plain_run, tmp_path):
     src = plain_run
     cfg = load_config(RunConfig, "configs/tiny.toml",

@@ -111,6 +111,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_the_shipped_model_answers_the_same_with_the_fast_package_off():
     """UNIMM_FAST=0 in a fresh process: the shipped model's greedy answers, a caption and
     guided images equal those with the fast package on (batch-6 answer fills run its packed

@@ -97,6 +97,7 @@ def tiny_encoder(tmp_path_factory):
     return out, m
 
 
+@pytest.mark.slow
 def test_contrastive_encoder_retrieves_its_captions(tiny_encoder):
     # measured (200 steps, seeds 0-2, 1 thread, ~6 s): top-1 0.47-0.59 both ways among 32 val
     # scenes (chance 1/32 = 0.031), top-5 0.94-1.0
@@ -165,6 +166,7 @@ def test_missing_pixels_give_a_clear_error():
         paradigm().extras_for([Turn("vqa", [1], codes(0), [2])])
 
 
+@pytest.mark.slow
 def test_losses_are_finite_and_fall_when_overfitting_one_batch():
     torch.manual_seed(0)
     m = TokenModel(V.size, BackboneConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=128))
@@ -192,6 +194,7 @@ def test_losses_are_finite_and_fall_when_overfitting_one_batch():
     assert not torch.allclose(m.extras["encoder"].patch.weight, enc0)   # the loss reaches the ViT
 
 
+@pytest.mark.slow
 def test_alignment_loss_pulls_features_onto_the_code_embeddings_only():
     """decoupled.align_weight: relative MSE of aligned features against the (fixed) token
     embeddings of the input codes; it trains the encoder side and never the table."""
@@ -281,6 +284,7 @@ def tiny_run(tiny_tokenizer, tmp_path_factory):
     return d, tr
 
 
+@pytest.mark.slow
 def test_tiny_run_serves_every_task_and_reloads_identically(tiny_run):
     from unimm.pipeline import Pipeline
     d, tr = tiny_run
@@ -301,6 +305,7 @@ def test_tiny_run_serves_every_task_and_reloads_identically(tiny_run):
 
 
 
+@pytest.mark.slow
 def test_demo_runs_on_a_decoupled_run(tiny_run, tmp_path):
     from unimm.demo import run_demo
     d, _ = tiny_run
@@ -308,6 +313,7 @@ def test_demo_runs_on_a_decoupled_run(tiny_run, tmp_path):
     assert "answers right" in Path(report).read_text()
 
 
+@pytest.mark.slow
 def test_run_starts_from_a_trained_encoder(tiny_tokenizer, tiny_encoder, tmp_path):
     enc, _ = tiny_encoder
     tr = new_trainer(tiny(tiny_tokenizer, f"decoupled.encoder_path={enc}",
@@ -330,6 +336,7 @@ def test_run_starts_from_a_trained_encoder(tiny_tokenizer, tiny_encoder, tmp_pat
         shutil.move(str(moved), enc)
 
 
+@pytest.mark.slow
 def test_wrong_or_mismatched_encoder_folder_is_a_clear_error(tiny_tokenizer, tiny_encoder,
                                                              tmp_path):
     enc, _ = tiny_encoder
@@ -358,6 +365,7 @@ def _cli(*args):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_train_encoder_cli(tmp_path):
     over = ["vit.dim=16", "vit.n_layers=1", "vit.n_heads=2", "vit.embed_dim=16", "text.dim=16",
             "text.n_layers=1", "text.n_heads=2", "text.corpus=100", "steps=3", "batch_size=8",

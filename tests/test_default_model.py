@@ -41,10 +41,12 @@ def _answers_and_draws(pipe, n_vqa: int, n_t2i: int) -> None:
     assert full >= 0.35, full
 
 
+@pytest.mark.slow
 def test_default_model_answers_and_draws(pipe):
     _answers_and_draws(pipe, 60, 48)
 
 
+@pytest.mark.slow
 def test_default_model_in_bf16_answers_and_draws():
     """precision="bf16" (autocast, bf16 KV caches): the same floors on fewer items."""
     half = Pipeline.load(device="cpu", precision="bf16")

@@ -13,6 +13,7 @@ from unimm.data.digits_judge import (generation_accuracy, generation_report, get
 # ----------------------------------------------------------------------------------------------
 # Splits and images
 
+@pytest.mark.slow
 def test_splits_disjoint_cover_and_stratified():
     idx = split_indices()
     _, labels = raw_scans()

@@ -33,7 +33,7 @@ GQA_QKNORM = BackboneConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, qk_norm
 COMPILER = shutil.which("g++") or shutil.which("c++")
 
 
-@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("native", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True},
                                 {"code_mlp": 24}])
 def test_static_step_equals_eager_step(kw, native):
@@ -61,6 +61,7 @@ def test_static_step_equals_eager_step(kw, native):
             torch.testing.assert_close(twin.k[..., :T + k + 1, :], cache.k[..., :T + k + 1, :])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not COMPILER, reason="the native kernel needs a C++ compiler")
 @pytest.mark.parametrize("e", [8, 16, 24, 32, 64])
 def test_native_decode_attention_equals_the_written_out_attention(e):
@@ -93,6 +94,7 @@ def test_native_decode_attention_equals_the_written_out_attention(e):
         op(q, kc[:, :, :5], vc, bias, k, v, 0.3)
 
 
+@pytest.mark.slow
 def test_steps_write_the_attention_out_where_the_native_kernel_does_not_build(monkeypatch):
     """No compiler (or UNIMM_NATIVE_KERNELS=0): one warning that says why, then the step's
     attention is the written-out one, with the same results."""
@@ -117,6 +119,7 @@ def test_steps_write_the_attention_out_where_the_native_kernel_does_not_build(mo
 
 
 @pytest.mark.skipif(not COMPILER, reason="the native kernel needs a C++ compiler")
+@pytest.mark.slow
 def test_the_native_kernel_loads_from_the_cache_past_a_killed_builds_lock(tmp_path):
     """A fresh process loads the kernel from $UNIMM_CACHE_DIR/kernels/NAME (here a copy of this
     session's build); a lock left there by a killed build (torch's builder would wait on it
@@ -163,6 +166,7 @@ def test_static_fill_equals_the_eager_prompt_fill(kw):
 
 
 @pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_compiled_decoding_under_autocast_runs_a_bf16_library():
     """eval.precision = "bf16" with compiled decoding: the step library is traced from a copy
     of the weights in bf16 (the model keeps its float32 weights) and computes what that copy
@@ -194,6 +198,7 @@ def test_compiled_decoding_under_autocast_runs_a_bf16_library():
 
 @pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
 @pytest.mark.parametrize("code_mlp,backend", [(24, "aoti"), (0, "inductor")])
+@pytest.mark.slow
 def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
     m = model(code_mlp=code_mlp)
     par = Autoregressive(V)
@@ -241,6 +246,7 @@ def test_compiled_decoding_gives_the_same_greedy_outputs(code_mlp, backend):
 
 
 @pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
     """With compiled decoding, prompt fills (from slot 0, last token out) run through one
     AOTInductor library for any rows x tokens, masked or causal, and leave the cache the eager
@@ -282,6 +288,7 @@ def test_compiled_prompt_fills_write_the_eager_cache(monkeypatch):
 
 
 @pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_without_aotinductor_decoding_falls_back_to_torch_compile(monkeypatch):
     def unavailable(*a, **k):
         raise RuntimeError("no AOTInductor in this torch")
@@ -302,6 +309,7 @@ def test_without_aotinductor_decoding_falls_back_to_torch_compile(monkeypatch):
 
 
 @pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_aoti_steps_read_a_growing_window_and_see_eager_writes():
     """AOTInductor steps read a window of the cache's first slots that grows every WINDOW
     steps; each step equals the eager one across window boundaries, and an eager write into
@@ -352,6 +360,7 @@ def test_aoti_steps_read_a_growing_window_and_see_eager_writes():
         torch.testing.assert_close(b.k, a.k, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sampler_caches_hand_their_memory_to_the_next_call():
     """The samplers' caches (new_cache(reuse=True)) return their memory to the backbone's pool
     when dropped; the next call reuses it (zeroed) and gives the same outputs, eager and
@@ -386,6 +395,7 @@ def test_sampler_caches_hand_their_memory_to_the_next_call():
 
 
 @pytest.mark.skipif(not COMPILER, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_compiled_libraries_are_kept_on_disk_per_weights(tmp_path, monkeypatch):
     """A second process (here: a fresh DecodeStep) loads the libraries (the step's and the
     prompt fill's) from disk instead of compiling them again; other weights are compiled

@@ -153,6 +153,7 @@ def test_code_prediction_is_the_posterior_mean_and_euler_lands_on_the_code():
 
 # ---- training ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("flow", [{}, {"predict": "codes", "input_images": "codes"}])
+@pytest.mark.slow
 def test_loss_is_finite_and_falls_when_overfitting_one_batch(flow):
     torch.manual_seed(0)
     m = TokenModel(V.size, BackboneConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=128))
@@ -335,6 +336,7 @@ def test_snapping_to_the_nearest_code_decodes_noisy_latents_more_faithfully(tiny
     assert err["snap"] < 0.5 * err["cont"], err
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_run_and_reload(tiny_tokenizer, tmp_path):
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline

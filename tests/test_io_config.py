@@ -69,6 +69,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert (tmp_path / "ok.json").stat().st_mode & 0o777 == 0o666 & ~umask   # not mkstemp's 0600
 
 
+@pytest.mark.slow
 def test_image_input_errors(tmp_path):
     rgb = np.zeros((32, 32, 3), np.uint8)
     assert load_image(rgb).shape == (32, 32, 3)

@@ -59,6 +59,7 @@ def questions(n, seed=0):
                  [r.randrange(V.n_codes) for _ in range(V.n_image)]) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_state_round_trip_is_exact(pair):
     m, _ = pair
     sd = m.state_dict()
@@ -134,6 +135,7 @@ def test_incompatible_runs_are_refused_with_reasons():
     assert [p for p in janus_problems(bidir) if "input_images" in p]
 
 
+@pytest.mark.slow
 def test_saved_run_converts_both_ways(tiny_tokenizer, tmp_path):
     from unimm.data.splits import ShapesWorld
     from unimm.pipeline import Pipeline

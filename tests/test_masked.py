@@ -158,6 +158,7 @@ def test_prefix_cache_and_batched_cfg_equal_full_recompute(guidance, shift):
 
 
 @pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.slow
 def test_overfitting_one_batch_drives_the_loss_down(shift):
     torch.manual_seed(0)
     m = TokenModel(V.size, BackboneConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=128))
@@ -175,6 +176,7 @@ def test_overfitting_one_batch_drives_the_loss_down(shift):
     assert torch.isfinite(loss) and first > 2.0 and loss.item() < 0.1, (first, loss.item())
 
 
+@pytest.mark.slow
 def test_tiny_run_end_to_end(tiny_tokenizer, tmp_path):
     import numpy as np
     from unimm.data.splits import ShapesWorld

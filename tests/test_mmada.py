@@ -151,6 +151,7 @@ def test_cached_blockwise_text_decoding_equals_recompute(shift):
     assert fast == ref
 
 
+@pytest.mark.slow
 def test_overfitting_one_batch_drives_the_loss_down():
     m = model(0, dim=64)
     P = MMaDA(V, CFG)
@@ -169,6 +170,7 @@ def test_overfitting_one_batch_drives_the_loss_down():
 
 
 @pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.slow
 def test_learns_to_answer_by_unmasking(shift):
     """Overfit two questions with different answers, then decode them."""
     m = model(0, dim=64)
@@ -184,6 +186,7 @@ def test_learns_to_answer_by_unmasking(shift):
     assert P.generate_text(m.eval(), ts) == [[5, 6], [9]]
 
 
+@pytest.mark.slow
 def test_tiny_run_end_to_end(tiny_tokenizer, tmp_path):
     import numpy as np
     from unimm.data.splits import ShapesWorld

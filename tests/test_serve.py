@@ -107,6 +107,7 @@ def decode_png(b64: str) -> np.ndarray:
 
 
 # ---- the openai client ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_openai_chat_answers_like_the_pipeline(client, pipe):
     model = client.models.list().data[0].id
     r = client.chat.completions.create(model=model, messages=[ask("How many shapes are there?",
@@ -172,6 +173,7 @@ def error_of(r, status):
     return err
 
 
+@pytest.mark.slow
 def test_bad_requests_get_openai_style_4xx_errors(server):
     u, chat = server.url, server.url + "/v1/chat/completions"
     gen = u + "/v1/images/generations"
@@ -231,6 +233,7 @@ def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(pipe):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_serve_command_reports_user_errors_with_exit_2(tmp_path):
     import subprocess
     import sys
@@ -254,6 +257,7 @@ def test_concurrent_requests_share_a_batch(server):
     assert after["calls"] - before["calls"] < len(prompts)           # some shared a forward pass
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_finishes_accepted_requests(pipe):
     srv = Server(create_app(pipe, ServeSettings(wait_ms=1000)))
     with ThreadPoolExecutor(1) as ex:
@@ -277,6 +281,7 @@ def chromium():
     return None
 
 
+@pytest.mark.slow
 def test_page_upload_ask_generate_in_headless_chromium(server, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     found = chromium()

@@ -39,6 +39,7 @@ def _png(a) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_every_endpoint_uses_only_the_public_pipeline():
     pipe = PublicOnly(Pipeline.load())
     png = _png(ShapesWorld("test").image(0))

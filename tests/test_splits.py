@@ -27,6 +27,7 @@ def test_examples_are_deterministic():
                 assert (u is None and v is None) or np.array_equal(u, v)
 
 
+@pytest.mark.slow
 def test_holdout_never_leaks_into_training_generation_targets():
     w = ShapesWorld("train")
     n_scenes = 0

@@ -37,6 +37,7 @@ def _answer_from_scene(sc, qa):
     return qa.answer
 
 
+@pytest.mark.slow
 def test_every_answer_is_true_of_its_scene():
     # Check answers with an independent reading: parse the referring expressions back.
     rng = random.Random(2)

@@ -47,6 +47,7 @@ def test_kill_and_resume_gives_the_same_next_loss(tiny_tokenizer, tmp_path):
     assert losses[3] != losses[2]
 
 
+@pytest.mark.slow
 def test_resuming_a_run_whose_budget_is_spent_takes_no_step(tiny_tokenizer, tmp_path):
     """`unimm train` on a finished wall-clock run (e.g. a bench rerun after a crash) resumes
     and stops at once: same step, same weights."""
@@ -60,6 +61,7 @@ def test_resuming_a_run_whose_budget_is_spent_takes_no_step(tiny_tokenizer, tmp_
     assert (tmp_path / "r" / "model.safetensors").read_bytes() == w
 
 
+@pytest.mark.slow
 def test_training_writes_logs_curves_and_weights(tiny_run):
     d, tr = tiny_run
     for f in ("config.json", "model.safetensors", "metrics.csv", "curves.png",
@@ -107,6 +109,7 @@ def test_edits_use_their_own_default_guidance(tiny_run, tiny_tokenizer):
         EvalConfig(edit_guidance=30.0)
 
 
+@pytest.mark.slow
 def test_pipeline_rejects_bad_inputs(tiny_run, tmp_path):
     d, _ = tiny_run
     pipe = Pipeline.load(d, device="cpu")
@@ -165,30 +168,35 @@ def _cli(*args):
                           text=True, timeout=300)
 
 
-def test_cli_inference_commands(tiny_run, tmp_path):
+@pytest.mark.slow
+def test_cli_inference_commands(tiny_run, tmp_path, capsys):
+    from helpers import cli
     d, _ = tiny_run
     img = tmp_path / "s.png"
     Image.fromarray(ShapesWorld("test").image(1)).save(img)
-    r = _cli("ask", str(img), "How many shapes are there?", "--run", str(d))
-    assert r.returncode == 0, r.stderr
-    r = _cli("generate", "a red circle", "-o", str(tmp_path / "g.png"), "--n", "2", "--run", str(d),
-             "--temperature", "1", "--seed", "3")
-    assert r.returncode == 0, r.stderr
+    r = _cli("ask", str(img), "How many shapes are there?", "--run", str(d))   # a real process
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    code, _, err = cli("generate", "a red circle", "-o", tmp_path / "g.png", "--n", "2", "--run", d,
+                       "--temperature", "1", "--seed", "3", capsys=capsys)
+    assert code == 0, err
     assert (tmp_path / "g_0.png").is_file() and (tmp_path / "g_1.png").is_file()
-    r = _cli("edit", str(img), "Remove the circle.", "-o", str(tmp_path / "e.png"), "--run", str(d))
-    assert r.returncode == 0 and (tmp_path / "e.png").is_file(), r.stderr
+    code, _, err = cli("edit", img, "Remove the circle.", "-o", tmp_path / "e.png", "--run", d,
+                       capsys=capsys)
+    assert code == 0 and (tmp_path / "e.png").is_file(), err
     for args, msg in [(("generate", "", "--run", str(d)), "empty"),
                       (("caption", str(tmp_path / "nope.png"), "--run", str(d)), "no such file"),
                       (("ask", str(img), "hi", "--run", str(tmp_path)), "no config.json")]:
-        r = _cli(*args)
-        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        code, _, err = cli(*args, capsys=capsys)
+        assert code == 2 and msg in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_train_cli_rejects_unknown_keys(tmp_path):
     r = _cli("train", "configs/tiny.toml", "--set", "train.lrr=1", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown config key train.lrr" in r.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_on_any_run(tiny_run, tmp_path):
     d, _ = tiny_run
     r = _cli("demo", "--run", str(d), "-o", str(tmp_path / "demo"), "--seed", "0")
@@ -241,6 +249,7 @@ def test_warm_start_loads_weights_and_tokenizers(tiny_run, tmp_path):
         new_trainer(bad, tmp_path / "bad", progress=False)
 
 
+@pytest.mark.slow
 def test_bench_paradigms_smoke(tiny_tokenizer, tmp_path):
     """`unimm bench paradigms` end to end on the tiny config (seconds): table, JSON, PNG."""
     r = subprocess.run([sys.executable, "-m", "unimm", "bench", "paradigms", "--minutes", "0.05",
@@ -365,6 +374,7 @@ def test_data_offset_reads_later_examples():
         TrainConfig(data_offset=-1)
 
 
+@pytest.mark.slow
 def test_bench_decoding_measures_every_setting(tiny_run, tmp_path):
     from unimm.bench.decoding import SETTINGS
     d, _ = tiny_run
@@ -436,6 +446,7 @@ def test_time_horizon_decays_on_the_budget_fraction(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.slow
 def test_compiled_training_steps_match_eager_and_save_the_plain_model(tiny_tokenizer, tmp_path,
                                                                       precision):
     """train.compile: the same losses as eager (to float tolerance), and what is saved and

@@ -18,6 +18,7 @@ from unimm.utils.config import load_config
 SRC = Path(__file__).resolve().parents[1] / "src" / "unimm"
 
 
+@pytest.mark.slow
 def test_no_module_outside_data_branches_on_a_dataset_name():
     names = set(WORLDS)
     bad = []
@@ -101,6 +102,7 @@ def test_a_manifest_is_a_world(manifest_dir):
         bad.source("train").example(0, "caption")
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_read_the_world(tiny_tokenizer, manifest_dir, tmp_path):
     """A run on a manifest and a run on digits: the trainer streams their examples, the
     evaluator reports their metrics and the Pipeline reads what their world accepts."""
