@@ -73,7 +73,8 @@ class Pipeline:
         `compile`: token-by-token decoding (answers, autoregressive images) through a compiled
         fixed-shape step (unimm.fast, AOTInductor): same greedy outputs, faster once warm;
         the first call per kind (answer text, image codes) and batch class (up to 8 rows, 9 to
-        256) compiles, about a minute on a CPU, so it pays off in servers and long jobs.
+        256) compiles first (compile times: docs/fast.md), so it pays off in servers and
+        long jobs.
         Compiled decoding is part of unimm.fast: with UNIMM_FAST=0 (or without the package)
         `compile` gives one warning and decodes eagerly, with the same outputs.
         `precision`: "fp32" or "bf16" instead of the run's eval.precision (bf16: the network

@@ -77,7 +77,8 @@ def _as_batch(images) -> np.ndarray:
 
 
 class DigitJudge:
-    """Classifier of digit images, fit on the train split at construction (~0.15 s)."""
+    """Classifier of digit images, fit on the train split at construction (fast: a linear
+    model on 1,797 small images)."""
 
     def __init__(self):
         from sklearn.calibration import CalibratedClassifierCV

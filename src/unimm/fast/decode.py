@@ -113,8 +113,8 @@ def aoti_options(device: torch.device, small: bool) -> dict:
     """Inductor settings for the ahead-of-time step. For small batches on CPU, `max_autotune`
     with inductor's C++ GEMM template: the projections become generated micro-kernels over
     prepacked weights, timed against ATen / oneDNN's at compile time (the faster is kept):
-    about 3x faster steps at 1-2 rows, at about 3x the compile time. At 16 and 32 rows it gave
-    no gain in `bench peers` (docs/fast.md), so larger batches keep oneDNN."""
+    much faster steps at 1-2 rows for a longer compile; at 16 and 32 rows no gain (the
+    measurements: docs/fast.md), so larger batches keep oneDNN."""
     opts = {"freezing": True}
     if device.type == "cpu" and small:
         opts.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN",

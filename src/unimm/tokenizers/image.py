@@ -5,7 +5,7 @@ One interface, `ImageTokenizer`; implementations behind it, chosen by `config.ki
 - `PatchVQ` (the CPU default): non-overlapping p x p patches, an MLP encoder patch -> latent,
   an EMA vector quantiser, an MLP decoder latent -> patch. ShapesWorld images are pixel-exact
   with a black background, so a patch needs no context from its neighbours, and linear layers
-  train in seconds where conv kernels crawl on this CPU (NOTES: ~3 GFLOP/s for convs).
+  train quickly where convolutions run slowly on a CPU.
 - `ConvVQ`: a small strided-conv encoder / transposed-conv decoder with the same quantiser:
   the option for real photos on a GPU.
 
