@@ -111,9 +111,8 @@ class ManifestData(World):
 
     @classmethod
     def check_config(cls, data) -> None:
-        if not data.manifest:
-            raise ValueError("dataset = 'manifest' needs data.manifest, a JSONL manifest path "
-                             "('{split}' in it is replaced by train, val or test)")
+        # data.manifest may be empty: a released checkpoint loaded for inference reads no
+        # data (`path` asks for it when a split is read)
         if data.vqa_reasoning != "none":
             raise ValueError("vqa_reasoning needs dataset = 'shapes' (a manifest has no scenes "
                              "to describe)")
@@ -127,6 +126,9 @@ class ManifestData(World):
     def path(self, split: str) -> Path:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+        if not self.data.manifest:
+            raise ValueError("dataset = 'manifest' needs data.manifest, a JSONL manifest path "
+                             "('{split}' in it is replaced by train, val or test)")
         return Path(self.data.manifest.replace("{split}", split))
 
     def records(self, split: str) -> tuple[Record, ...]:
