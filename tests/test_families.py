@@ -134,6 +134,35 @@ def test_janus_loads_in_bf16(janus_dir):
         Pipeline.load(janus_dir, device="cpu", dtype="int4")
 
 
+def test_janus_is_served_like_the_default_model(janus):
+    """The official openai client against `unimm serve` of a Janus checkpoint: chat with an
+    image (and streamed), image generation; editing is refused with a 400."""
+    openai = pytest.importorskip("openai")
+    from test_serve import Server, data_url, decode_png, png
+    from unimm.serve import ServeSettings, create_app
+    pipe, _, _ = janus
+    srv = Server(create_app(pipe, ServeSettings(wait_ms=0)))
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        assert client.models.list().data[0].id == "unimm-Janus-Tiny"
+        msgs = [{"role": "user", "content": [
+            {"type": "text", "text": "What is it?"},
+            {"type": "image_url", "image_url": {"url": data_url(IMAGES[1])}}]}]
+        r = client.chat.completions.create(model="unimm", messages=msgs)
+        assert r.choices[0].message.content == pipe.ask(IMAGES[1], "What is it?")
+        chunks = list(client.chat.completions.create(model="unimm", messages=msgs, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
+            r.choices[0].message.content
+        imgs = client.images.generate(model="unimm", prompt="a red circle", n=2,
+                                      extra_body={"seed": 0})
+        assert [decode_png(d.b64_json).shape for d in imgs.data] == [(32, 32, 3)] * 2
+        with pytest.raises(openai.BadRequestError, match="cannot edit"):
+            client.images.edit(model="unimm", image=("a.png", png(IMAGES[1]), "image/png"),
+                               prompt="Make it blue.")
+    finally:
+        srv.stop()
+
+
 def test_unsupported_folders_get_clear_errors(tmp_path, janus_dir):
     import json
     bad = tmp_path / "llava"
@@ -147,6 +176,47 @@ def test_unsupported_folders_get_clear_errors(tmp_path, janus_dir):
         Pipeline.load(orig)
     with pytest.raises(ValueError, match="draws 32x32"):
         Pipeline.load(janus_dir, image_size=64)
+
+
+def test_original_layout_converts_to_the_same_checkpoint(tmp_path, janus_dir):
+    """DeepSeek's multi_modality layout (pickled .bin read with weights_only=True) ->
+    transformers' layout: the same tensors, a config transformers and we both load, the same
+    outputs."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import JanusForConditionalGeneration
+
+    from unimm.cli.main import main
+    orig = hf_tiny.janus_original(janus_dir, tmp_path / "orig")
+    out = tmp_path / "converted"
+    import sys
+    argv, sys.argv = sys.argv, ["unimm", "convert", "janus-original", str(orig), str(out)]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert e.value.code == 0
+    finally:
+        sys.argv = argv
+    want, got = load_file(str(janus_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
+    a, b = (json.loads((d / "config.json").read_text()) for d in (janus_dir, out))
+    for part, keys in (("text_config", ("hidden_size", "num_hidden_layers", "vocab_size",
+                                        "num_attention_heads", "intermediate_size")),
+                       ("vision_config", ("hidden_size", "num_attention_heads", "image_size",
+                                          "patch_size", "num_image_tokens")),
+                       ("vq_config", ("embed_dim", "num_embeddings", "channel_multiplier"))):
+        assert {k: a[part][k] for k in keys} == {k: b[part][k] for k in keys}
+    ids = torch.tensor([[0, 5, 6, 7]])
+    with torch.inference_mode():
+        ref = JanusForConditionalGeneration.from_pretrained(janus_dir).eval()(input_ids=ids).logits
+        conv = JanusForConditionalGeneration.from_pretrained(out).eval()(input_ids=ids).logits
+    assert torch.equal(ref, conv)
+    p, q = Pipeline.load(out), Pipeline.load(janus_dir)
+    assert p.ask(IMAGES[0], "What is it?") == q.ask(IMAGES[0], "What is it?")
+    with pytest.raises(ValueError, match="not DeepSeek's original"):
+        from unimm.interop.janus_original import convert
+        convert(janus_dir, tmp_path / "again")
 
 
 # ---- Emu3 --------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class Pipeline:
         self.default_guidance = ev.guidance
         self.default_edit_guidance = ev.guidance if ev.edit_guidance is None else ev.edit_guidance
         self.default_sampling = SamplingConfig(ev.temperature, ev.top_k, ev.top_p)
+        self.default_text_sampling = GREEDY           # answers: greedy unless asked (`answer`)
         self.precision = ev.precision
 
     def _autocast(self):
