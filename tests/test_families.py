@@ -134,6 +134,7 @@ def test_janus_loads_in_bf16(janus_dir):
         Pipeline.load(janus_dir, device="cpu", dtype="int4")
 
 
+@pytest.mark.slow
 def test_janus_is_served_like_the_default_model(janus):
     """The official openai client against `unimm serve` of a Janus checkpoint: chat with an
     image (and streamed), image generation; editing is refused with a 400."""
@@ -161,6 +162,37 @@ def test_janus_is_served_like_the_default_model(janus):
                                prompt="Make it blue.")
     finally:
         srv.stop()
+
+
+def test_geneval_export_writes_the_official_layout(janus, tmp_path):
+    import json
+
+    from unimm.eval.geneval_export import export, our_prompts
+    pipe, _, _ = janus
+    suite = our_prompts()
+    assert {p["tag"] for p in suite} == {"single_object", "two_object", "counting", "colors",
+                                         "position", "color_attr"} and len(suite) == 553
+    out = export(pipe, tmp_path / "gx", per_prompt=2, limit=3, progress=False)
+    for i in range(3):
+        d = out / f"{i:05d}"
+        assert json.loads((d / "metadata.jsonl").read_text()) == suite[i]
+        assert sorted(p.name for p in (d / "samples").iterdir()) == ["0000.png", "0001.png"]
+    first = (out / "00000" / "samples" / "0000.png").read_bytes()
+    export(pipe, out, per_prompt=2, limit=3, progress=False)         # resumes: nothing redone
+    assert (out / "00000" / "samples" / "0000.png").read_bytes() == first
+    preset = json.loads((out / "export.json").read_text())["preset"]
+    assert preset["guidance"] == 5.0 and preset["temperature"] == 1.0   # Janus's own preset
+    with pytest.raises(ValueError, match="other settings"):
+        export(pipe, out, per_prompt=3, limit=3, progress=False)
+
+
+@pytest.mark.slow
+def test_demo_on_a_released_checkpoint_uses_real_photos(janus_dir, tmp_path):
+    from unimm.demo import run_demo
+    report = run_demo(tmp_path / "demo", janus_dir).read_text()
+    assert "Questions about photos" in report and "Text-to-image" in report
+    assert (tmp_path / "demo" / "answers.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "generate.png").stat().st_size > 1000
 
 
 def test_unsupported_folders_get_clear_errors(tmp_path, janus_dir):

@@ -337,9 +337,27 @@ def eval_cmd(
     compile: bool = typer.Option(False, "--compile", help="Compiled token-by-token decoding "
                                  "(same greedy outputs; about a minute of compiling first)."),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+    geneval_export: Optional[Path] = typer.Option(None, help="Instead: write GenEval's folder "
+                                                  "layout (metadata.jsonl + samples/NNNN.png "
+                                                  "per prompt) to score elsewhere."),
+    prompts: Optional[Path] = typer.Option(None, help="GenEval metadata JSONL for --geneval-"
+                                           "export (e.g. the official evaluation_metadata."
+                                           "jsonl; default: ours, same format)."),
+    images_per_prompt: int = typer.Option(4, min=1, max=64, help="--geneval-export images "
+                                          "per prompt."),
+    limit: Optional[int] = typer.Option(None, min=1, help="--geneval-export: first N prompts."),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
+    image_size: Optional[int] = typer.Option(None, min=8, help=SIZE_HELP),
 ):
-    """Evaluate a run: a table on screen, JSON + sample PNGs on disk."""
+    """Evaluate a run: a table on screen, JSON + sample PNGs on disk; or export GenEval's
+    layout for any run or released checkpoint (--geneval-export)."""
     from ..pipeline import default_run_dir
+    if geneval_export is not None:
+        from ..eval.geneval_export import export
+        pipe = _pipe(run, compile, precision, dtype, image_size)
+        path = export(pipe, geneval_export, images_per_prompt, prompts, limit=limit)
+        typer.echo(f"wrote {path} (score it with GenEval's evaluation/evaluate_images.py)")
+        return
     run_dir = run or default_run_dir()
     _run_eval(run_dir, split, quick, out or Path(run_dir) / f"eval_{split}.json", compile,
               precision)
@@ -517,6 +535,12 @@ def bench_peers_cmd(
                                "order, repeats pooled (--quick: 1)."),
     threads: int = typer.Option(1, min=1, help="torch threads in every measuring process."),
     quick: bool = typer.Option(False, help="Smoke run: tiny shapes, 1 repeat."),
+    janus_config: Optional[Path] = typer.Option(None, help="The janus job's model shape (a run "
+                                                "config; default configs/janus_compat.toml; "
+                                                "configs/janus_pro_1b_shape.toml: Janus-Pro-1B "
+                                                "with 2 layers)."),
+    janus_batch: Optional[int] = typer.Option(None, min=2, max=64, help="The janus job's "
+                                              "larger batch (default 16)."),
     out: Path = typer.Option(Path("results/peers"), "-o", "--out"),
 ):
     """Our speed next to peer libraries on identical work, each in its own process:
@@ -524,7 +548,10 @@ def bench_peers_cmd(
     from ..bench.peers import PEERS, bench_peers, check_names, markdown
     names = [n.strip() for n in only.split(",") if n.strip()] or list(PEERS)
     check_names(names)
-    r = bench_peers(names, out, quick, repeats, threads, rounds)
+    if janus_config is not None and not janus_config.is_file():
+        raise ValueError(f"--janus-config {janus_config}: no such file")
+    janus = {"config": str(janus_config) if janus_config else None, "batch": janus_batch}
+    r = bench_peers(names, out, quick, repeats, threads, rounds, janus)
     typer.echo(markdown(r))
     typer.echo(f"wrote {out}/peers.md, .json")
     failed = [n for n, job in r["peers"].items() if "error" in job]
