@@ -199,10 +199,13 @@ def janus_original(hf_dir: str | Path, out: str | Path) -> Path:
             "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "max_position_embeddings", "vocab_size", "rms_norm_eps")}
         | {"model_type": "llama"},
+        # a custom tower states its shape (Janus-Pro names siglip_large_patch16_384)
         "vision_config": {"cls": "CLIPVisionTower", "model_type": "vision", "params": {
-            "image_size": cfg["vision_config"]["image_size"],
-            "model_name": "siglip_large_patch16_384", "select_feature": "same",
-            "select_layer": -1}},
+            "image_size": cfg["vision_config"]["image_size"], "model_name": "siglip_tiny",
+            "select_feature": "same", "select_layer": -1,
+            **{k: cfg["vision_config"][k] for k in ("hidden_size", "num_hidden_layers",
+                                                    "num_attention_heads", "patch_size",
+                                                    "mlp_ratio")}}},
     }, indent=2))
     size = cfg["vision_config"]["image_size"]
     (out / "preprocessor_config.json").write_text(json.dumps({

@@ -59,6 +59,7 @@ class Pipeline:
         self.default_guidance = ev.guidance
         self.default_edit_guidance = ev.guidance if ev.edit_guidance is None else ev.edit_guidance
         self.default_sampling = SamplingConfig(ev.temperature, ev.top_k, ev.top_p)
+        self.default_text_sampling = GREEDY           # answers: greedy unless asked (`answer`)
         self.precision = ev.precision
 
     def _autocast(self):
@@ -68,8 +69,12 @@ class Pipeline:
 
     @classmethod
     def load(cls, run: str | os.PathLike | None = None, device: str = "auto",
-             compile: bool = False, precision: str | None = None) -> "Pipeline":
-        """Load a run folder (None or "default": the model that ships with the package).
+             compile: bool = False, precision: str | None = None,
+             dtype: str | None = None, image_size: int | None = None) -> "Pipeline":
+        """Load a run folder (None or "default": the model that ships with the package), or
+        a released checkpoint folder in transformers' layout of a supported family (Janus,
+        Emu3: runs/families), in `dtype` ("fp32" by default, "bf16", "fp16"); `image_size`:
+        the side of the images a checkpoint draws where its family draws at several (Emu3).
         `compile`: token-by-token decoding (answers, autoregressive images) through a compiled
         fixed-shape step (unimm.fast, AOTInductor): same greedy outputs, faster once warm;
         the first call per kind (answer text, image codes) and batch class (up to 8 rows, 9 to
@@ -87,7 +92,7 @@ class Pipeline:
                 " (the default model is not installed: train one with `unimm train "
                 "configs/shapes_ar.toml`)" if run_dir == DEFAULT_RUN else ""))
         dev = resolve_device(device)
-        pipe = cls(load_run(run_dir, dev), device=dev)
+        pipe = cls(load_run(run_dir, dev, dtype, image_size), device=dev)
         if precision is not None:
             pipe.precision = precision
         if compile:
@@ -111,13 +116,22 @@ class Pipeline:
         return self.world.accepts_gray
 
     @property
+    def tasks(self) -> tuple[str, ...]:
+        """What this model can be asked: caption, vqa, t2i, edit (a released checkpoint may
+        lack some: Janus does not edit)."""
+        return tuple(getattr(self.paradigm, "tasks", ("caption", "vqa", "t2i", "edit")))
+
+    @property
     def image_tokens(self) -> int:
         """Context positions one input image takes (part of a question's prompt length)."""
         return self.vocab.n_image
 
     # ---- validation --------------------------------------------------------------------------
     def _image(self, x, what: str = "image") -> np.ndarray:
-        img = load_image(x, what=what, allow_gray=self.accepts_gray)
+        prepare = self.parts.prepare
+        img = load_image(x, what=what, allow_gray=self.accepts_gray or prepare is not None)
+        if prepare is not None:                   # resized as the checkpoint's processor does
+            return prepare(img)
         if img.shape[:2] != (self.image_size, self.image_size):
             raise ImageError(f"{what}: this model reads {self.image_size}x{self.image_size} "
                              f"images, got {img.shape[1]}x{img.shape[0]}")
@@ -151,6 +165,11 @@ class Pipeline:
     def _codes(self, images: list[np.ndarray]) -> list[list[int]]:
         if not images:
             return []
+        if self.vocab.has("<image>"):             # read by an encoder at placeholders
+            return [[] for _ in images]
+        if self.parts.family is not None:         # one grid each: sizes may differ (Emu3)
+            with torch.no_grad():
+                return [c.tolist() for c in self.parts.image_tok.encode(images)]
         with torch.no_grad():
             c = self.parts.image_tok.encode(np.stack(images))
         return c.reshape(len(images), -1).tolist()
@@ -190,7 +209,8 @@ class Pipeline:
         out = []
         for i in range(0, len(turns), MAX_BATCH):
             chunk = turns[i:i + MAX_BATCH]
-            prefix = max(len(t.text) for t in chunk) + self.vocab.n_image + 6
+            prefix = max(len(self.paradigm.layout(self.vocab, t, with_target=False))
+                         for t in chunk)
             n_new = min(max_new, self.cfg.model.max_seq_len - prefix)
             tap = None if on_token is None else _rows_from(i, on_token)
             with self._autocast():
@@ -212,6 +232,9 @@ class Pipeline:
             raise InputError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
         if isinstance(prompts, str):
             raise InputError("prompts must be a list of strings (one image each), got a string")
+        if images is not None and "edit" not in self.tasks:
+            raise InputError(f"this model ({self.name}) cannot edit images; it can "
+                             f"{', '.join(self.tasks)}")
         room = self.vocab.n_image * (2 if images is not None else 1) + 8
         what = "instruction" if images is not None else "prompt"
         ids = [self._ids(p, what, room) for p in prompts]

@@ -278,9 +278,10 @@ def peer_job(spec: dict) -> dict:
     """`unimm bench peers` job (bench/peers.py PEERS["janus"]): measure() in the row format of
     the peers table; a ratio only counts (met) when the outputs were identical."""
     quick = bool(spec.get("quick"))
+    shape = {k: spec[k] for k in ("config", "batch", "max_new") if spec.get(k) is not None}
     r = measure({"quick": quick, "repeats": spec.get("repeats", 5),
                  "threads": spec.get("threads", 1),
-                 "rounds": spec.get("rounds", 2)})
+                 "rounds": spec.get("rounds", 2), **shape})
     s = r["settings"]
     rows = []
     for side, label in (("ours", ""), ("compiled", ", ours with compiled decoding, AOTInductor")):

@@ -449,7 +449,7 @@ def check_names(names: list[str]) -> None:
 
 
 def bench_peers(names: list[str], out_dir: Path, quick: bool = False, repeats: int = 5,
-                threads: int = 1, rounds: int = 2) -> dict:
+                threads: int = 1, rounds: int = 2, janus: dict | None = None) -> dict:
     """Run the named peer jobs; write peers.json and peers.md to out_dir. `rounds`: processes
     per implementation where ratios are close to 1 (training), in ABBA order."""
     from ..utils.io import write_json, write_text
@@ -463,7 +463,7 @@ def bench_peers(names: list[str], out_dir: Path, quick: bool = False, repeats: i
     jobs = {}
     with tempfile.TemporaryDirectory(prefix="unimm-peers-") as tmp:
         spec = {"quick": quick, "repeats": repeats, "rounds": rounds, "threads": threads,
-                "work": tmp}
+                "work": tmp, **(janus or {})}
         for name in names:
             print(f"# peer {name}", flush=True)
             try:

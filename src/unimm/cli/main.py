@@ -32,7 +32,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, FileExistsError, FileNotFoundError)
 
 
-RUN_HELP = "Run folder (default: the model that ships with the package)."
+RUN_HELP = ("Run folder, or a released checkpoint folder in transformers' layout (Janus, "
+            "Emu3); default: the model that ships with the package.")
+DTYPE_HELP = "fp32 | bf16 | fp16: a released checkpoint's weights (default fp32)."
+SIZE_HELP = ("Side in pixels of the images a released checkpoint draws, where its family draws "
+             "at several (Emu3).")
 
 
 PRECISION_HELP = ("fp32 | bf16: sampling precision instead of the run's eval.precision (bf16: "
@@ -40,9 +44,11 @@ PRECISION_HELP = ("fp32 | bf16: sampling precision instead of the run's eval.pre
                   "differ from fp32).")
 
 
-def _pipe(run: Optional[Path], compile: bool = False, precision: Optional[str] = None):
+def _pipe(run: Optional[Path], compile: bool = False, precision: Optional[str] = None,
+          dtype: Optional[str] = None, image_size: Optional[int] = None):
     from ..pipeline import Pipeline
-    return Pipeline.load(run, compile=compile, precision=precision)
+    return Pipeline.load(run, compile=compile, precision=precision, dtype=dtype,
+                         image_size=image_size)
 
 
 def _save_images(images, out: Path) -> list[Path]:
@@ -253,20 +259,38 @@ def from_janus_cmd(
     typer.echo(f"wrote {path}")
 
 
+@convert_app.command("janus-original")
+def janus_original_cmd(
+    src: Path = typer.Argument(..., help="DeepSeek's original Janus / Janus-Pro folder "
+                               "(config.json of model_type multi_modality, pytorch_model*.bin)."),
+    out: Path = typer.Argument(..., help="New folder in transformers' layout."),
+    shard_gb: float = typer.Option(5.0, min=0.1, help="Largest safetensors shard, in GiB."),
+):
+    """Rewrite an original Janus checkpoint in transformers' layout, which `--run`, `serve`
+    and transformers' from_pretrained load. Reads .bin shards with torch.load(weights_only=
+    True) only (tensors, no code); writes safetensors."""
+    from ..interop.janus_original import convert
+    path = convert(src, out, shard_gb)
+    typer.echo(f"wrote {path} (unimm ask/generate/serve --run {path})")
+
+
 # ----------------------------------------------------------------------------------------------
 # inference
 
 @app.command("caption")
-def caption_cmd(image: Path = typer.Argument(...), run: Optional[Path] = typer.Option(None, help=RUN_HELP)):
+def caption_cmd(image: Path = typer.Argument(...),
+                run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+                dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP)):
     """Describe an image."""
-    typer.echo(_pipe(run).caption(image))
+    typer.echo(_pipe(run, dtype=dtype).caption(image))
 
 
 @app.command("ask")
 def ask_cmd(image: Path = typer.Argument(...), question: str = typer.Argument(...),
-            run: Optional[Path] = typer.Option(None, help=RUN_HELP)):
+            run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+            dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP)):
     """Answer a question about an image."""
-    typer.echo(_pipe(run).ask(image, question))
+    typer.echo(_pipe(run, dtype=dtype).ask(image, question))
 
 
 @app.command("generate")
@@ -279,9 +303,11 @@ def generate_cmd(
     temperature: Optional[float] = typer.Option(None, help="0 = greedy (default: the run's choice)."),
     top_k: Optional[int] = typer.Option(None), top_p: Optional[float] = typer.Option(None),
     run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
+    image_size: Optional[int] = typer.Option(None, min=8, help=SIZE_HELP),
 ):
     """Draw an image from a prompt."""
-    imgs = _pipe(run).generate(prompt, n=n, guidance=guidance, seed=seed, temperature=temperature,
+    imgs = _pipe(run, dtype=dtype, image_size=image_size).generate(prompt, n=n, guidance=guidance, seed=seed, temperature=temperature,
                                top_k=top_k, top_p=top_p)
     for p in _save_images(imgs, out):
         typer.echo(f"wrote {p}")
@@ -294,9 +320,10 @@ def edit_cmd(
     guidance: Optional[float] = typer.Option(None), seed: Optional[int] = typer.Option(None),
     temperature: Optional[float] = typer.Option(None, help="0 = greedy (default: the run's choice)."),
     run: Optional[Path] = typer.Option(None, help=RUN_HELP),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
 ):
     """Edit an image following an instruction."""
-    img = _pipe(run).edit(image, instruction, guidance=guidance, seed=seed, temperature=temperature)
+    img = _pipe(run, dtype=dtype).edit(image, instruction, guidance=guidance, seed=seed, temperature=temperature)
     for p in _save_images([img], out):
         typer.echo(f"wrote {p}")
 
@@ -310,9 +337,27 @@ def eval_cmd(
     compile: bool = typer.Option(False, "--compile", help="Compiled token-by-token decoding "
                                  "(same greedy outputs; about a minute of compiling first)."),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+    geneval_export: Optional[Path] = typer.Option(None, help="Instead: write GenEval's folder "
+                                                  "layout (metadata.jsonl + samples/NNNN.png "
+                                                  "per prompt) to score elsewhere."),
+    prompts: Optional[Path] = typer.Option(None, help="GenEval metadata JSONL for --geneval-"
+                                           "export (e.g. the official evaluation_metadata."
+                                           "jsonl; default: ours, same format)."),
+    images_per_prompt: int = typer.Option(4, min=1, max=64, help="--geneval-export images "
+                                          "per prompt."),
+    limit: Optional[int] = typer.Option(None, min=1, help="--geneval-export: first N prompts."),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
+    image_size: Optional[int] = typer.Option(None, min=8, help=SIZE_HELP),
 ):
-    """Evaluate a run: a table on screen, JSON + sample PNGs on disk."""
+    """Evaluate a run: a table on screen, JSON + sample PNGs on disk; or export GenEval's
+    layout for any run or released checkpoint (--geneval-export)."""
     from ..pipeline import default_run_dir
+    if geneval_export is not None:
+        from ..eval.geneval_export import export
+        pipe = _pipe(run, compile, precision, dtype, image_size)
+        path = export(pipe, geneval_export, images_per_prompt, prompts, limit=limit)
+        typer.echo(f"wrote {path} (score it with GenEval's evaluation/evaluate_images.py)")
+        return
     run_dir = run or default_run_dir()
     _run_eval(run_dir, split, quick, out or Path(run_dir) / f"eval_{split}.json", compile,
               precision)
@@ -490,6 +535,12 @@ def bench_peers_cmd(
                                "order, repeats pooled (--quick: 1)."),
     threads: int = typer.Option(1, min=1, help="torch threads in every measuring process."),
     quick: bool = typer.Option(False, help="Smoke run: tiny shapes, 1 repeat."),
+    janus_config: Optional[Path] = typer.Option(None, help="The janus job's model shape (a run "
+                                                "config; default configs/janus_compat.toml; "
+                                                "configs/janus_pro_1b_shape.toml: Janus-Pro-1B "
+                                                "with 2 layers)."),
+    janus_batch: Optional[int] = typer.Option(None, min=2, max=64, help="The janus job's "
+                                              "larger batch (default 16)."),
     out: Path = typer.Option(Path("results/peers"), "-o", "--out"),
 ):
     """Our speed next to peer libraries on identical work, each in its own process:
@@ -497,7 +548,10 @@ def bench_peers_cmd(
     from ..bench.peers import PEERS, bench_peers, check_names, markdown
     names = [n.strip() for n in only.split(",") if n.strip()] or list(PEERS)
     check_names(names)
-    r = bench_peers(names, out, quick, repeats, threads, rounds)
+    if janus_config is not None and not janus_config.is_file():
+        raise ValueError(f"--janus-config {janus_config}: no such file")
+    janus = {"config": str(janus_config) if janus_config else None, "batch": janus_batch}
+    r = bench_peers(names, out, quick, repeats, threads, rounds, janus)
     typer.echo(markdown(r))
     typer.echo(f"wrote {out}/peers.md, .json")
     failed = [n for n, job in r["peers"].items() if "error" in job]
@@ -530,6 +584,8 @@ def serve_cmd(
                                  "images) and batch class (<= 8 rows, 9-256) compiles for about "
                                  "a minute on a CPU; faster after."),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
+    image_size: Optional[int] = typer.Option(None, min=8, help=SIZE_HELP),
 ):
     """OpenAI-compatible server (chat, images, edits) and a web page at /, over the Python API."""
     try:
@@ -539,7 +595,7 @@ def serve_cmd(
         raise ValueError(f"serving needs the `serve` extra ({e.name} is missing): "
                          "pip install -e '.[serve]'") from None
     settings = _serve_settings(max_batch, wait_ms, queue_size, timeout)
-    api = create_app(_pipe(run, compile, precision), settings)
+    api = create_app(_pipe(run, compile, precision, dtype, image_size), settings)
     typer.echo(f"unimm: serving on http://{host}:{port}/  (OpenAI API at /v1, docs at /docs)")
     uvicorn.run(api, host=host, port=port, log_level="warning",
                 timeout_graceful_shutdown=int(timeout) + 5)

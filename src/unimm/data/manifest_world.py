@@ -111,9 +111,8 @@ class ManifestData(World):
 
     @classmethod
     def check_config(cls, data) -> None:
-        if not data.manifest:
-            raise ValueError("dataset = 'manifest' needs data.manifest, a JSONL manifest path "
-                             "('{split}' in it is replaced by train, val or test)")
+        # data.manifest may be empty: a released checkpoint loaded for inference reads no
+        # data (`path` asks for it when a split is read)
         if data.vqa_reasoning != "none":
             raise ValueError("vqa_reasoning needs dataset = 'shapes' (a manifest has no scenes "
                              "to describe)")
@@ -127,6 +126,9 @@ class ManifestData(World):
     def path(self, split: str) -> Path:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+        if not self.data.manifest:
+            raise ValueError("dataset = 'manifest' needs data.manifest, a JSONL manifest path "
+                             "('{split}' in it is replaced by train, val or test)")
         return Path(self.data.manifest.replace("{split}", split))
 
     def records(self, split: str) -> tuple[Record, ...]:
@@ -189,6 +191,8 @@ class ManifestData(World):
                               "title": f"{self.path(split)} / {task}", "wrap": 30}
 
     def demo(self, pipe, out: Path, seed: int | None, n: int, label: str) -> list[str]:
+        if not self.data.manifest:                 # a released checkpoint: real photos
+            return photo_demo(pipe, out, label)
         src = self.source("test")
         lines = [f"# unimm demo: `{label}`", "", f"The first test records of {self.path('test')}.",
                  ""]
@@ -211,6 +215,37 @@ class ManifestData(World):
             image_grid(imgs, [r.caption for r in recs], out / "generate.png", wrap=30)
             lines += ["## Text-to-image", "", "![generate](generate.png)"]
         return lines
+
+
+PHOTO_QUESTIONS = ("Describe the picture.", "What is the main object in this image?",
+                   "What colors do you see?")
+PROMPTS = ("a red fox sitting in the snow", "a bowl of fruit on a wooden table",
+           "a lighthouse on a cliff at sunset", "two cats sleeping on a sofa")
+
+
+def photo_demo(pipe, out: Path, label: str) -> list[str]:
+    """A model that knows the real world (a released checkpoint), on real photos shipped with
+    scikit-learn (`load_sample_images`: a temple in China, a flower) and a few prompts."""
+    from sklearn.datasets import load_sample_images
+    photos = list(load_sample_images().images)
+    lines = [f"# unimm demo: `{label}`", "", "Real photos from scikit-learn's sample images, "
+             "questions about them and drawings from prompts (no truth to check against: "
+             "look).", ""]
+    if {"vqa", "caption"} & set(pipe.tasks):
+        images = [p for p in photos for _ in PHOTO_QUESTIONS]
+        asked = list(PHOTO_QUESTIONS) * len(photos)
+        answers = pipe.answer(images, asked)
+        image_grid(images, [f"{q}\n{a}" for q, a in zip(asked, answers)], out / "answers.png",
+                   ncols=len(PHOTO_QUESTIONS), wrap=40)
+        lines += ["## Questions about photos", "", "![answers](answers.png)", "",
+                  "| photo | question | answer |", "|---|---|---|"]
+        lines += [f"| {i // len(PHOTO_QUESTIONS) + 1} | {q} | {a} |"
+                  for i, (q, a) in enumerate(zip(asked, answers))]
+    if "t2i" in pipe.tasks:
+        imgs = pipe.draw(list(PROMPTS))
+        image_grid(imgs, list(PROMPTS), out / "generate.png", wrap=30)
+        lines += ["", "## Text-to-image", "", "![generate](generate.png)"]
+    return lines
 
 
 def _exact(task: str, exs: list[Example]) -> Suite:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.unified import TokenModel
-from .base import (Paradigm, Turn, drop_condition, format_turn, reduce_loss,
+from .base import (Paradigm, Turn, drop_condition, reduce_loss,
                    text_image_stats)
 from .sampling import SamplingConfig, guide, sample
 from .sequence import Batch, Packed, Vocab, collate, image_positions
@@ -82,13 +82,16 @@ class Autoregressive(Paradigm):
     def format(self, turn: Turn, rng: random.Random) -> Packed:
         if turn.task in ("t2i", "edit") and rng.random() < self.cfg.cfg_dropout:
             return self.unconditional(turn, with_target=True)
-        return format_turn(self.vocab, turn)
+        return self.layout(self.vocab, turn)
 
     def unconditional(self, turn: Turn, with_target: bool = False) -> Packed:
         """The guidance twin of a generation turn (config `uncond`)."""
+        own = self.layout.uncond(self.vocab, turn, with_target)
+        if own is not None:
+            return own
         if self.cfg.uncond == "pad":
-            return pad_condition(self.vocab, format_turn(self.vocab, turn, with_target))
-        return format_turn(self.vocab, drop_condition(turn), with_target)
+            return pad_condition(self.vocab, self.layout(self.vocab, turn, with_target))
+        return self.layout(self.vocab, drop_condition(turn), with_target)
 
     def training_mask(self, batch: Batch) -> Tensor | None:
         """None (plain causal) or (B, 1, T, T): causal, plus each *input* image span (no loss
@@ -166,10 +169,12 @@ class Autoregressive(Paradigm):
     @torch.no_grad()
     def generate_images(self, model: TokenModel, turns: list[Turn], guidance: float = 1.0,
                         sampling: SamplingConfig = SamplingConfig(), generator=None) -> Tensor:
-        """Sample one image per turn -> (B, N) codes in [0, K)."""
+        """Sample one image per turn -> (B, N) codes in [0, K). With a row-end token in the
+        vocabulary (Emu3's end of line), it is fed after every row but the last, as the
+        checkpoint's grid constraint requires (its logits are not sampled)."""
         v = self.vocab
         use_cfg = guidance != 1.0
-        rows = [format_turn(v, t, with_target=False) for t in turns]
+        rows = [self.layout(v, t, with_target=False) for t in turns]
         if use_cfg:
             rows += [self.unconditional(t) for t in turns]
         dev = next(model.parameters()).device
@@ -177,7 +182,7 @@ class Autoregressive(Paradigm):
         tokens, pos, valid = batch.tokens, batch.pos, batch.valid
         R, T = tokens.shape
         B, N = len(turns), v.n_image
-        cache = model.new_cache(R, T + N, device=dev, reuse=True)
+        cache = model.new_cache(R, T + v.image_len, device=dev, reuse=True)
         src = turns + [drop_condition(t) for t in turns] if use_cfg else turns
         extra = {k: x.to(dev) for k, x in self.extras_for(src).items()}
         mask = self.prefix_attention(batch)
@@ -188,10 +193,13 @@ class Autoregressive(Paradigm):
             h = self._fill_guided(model, batch, mask, B + lead, cache)        # (R, D)
         t0 = valid.sum(1)                                      # sequence index of code 0, per row
         where = torch.stack([image_positions(t0, k, v.grid) for k in range(N)], 1)  # (R, N, 3)
+        if v.row_end is not None:                              # rows end with a token
+            where[..., 0] += torch.arange(N, device=dev) // v.grid[1]
         slots = model.decode_slots(valid, cache)
         codes = torch.empty(B, N, dtype=torch.long, device=dev)
         lo, hi = v.code_start, v.code_start + v.n_codes
         logits = model.logits(h, lo, hi).float()               # (R, K)
+        step = T                                               # the next cache slot
         for k in range(N):
             if use_cfg:
                 logits = guide(logits, guidance)               # (B, K)
@@ -200,6 +208,11 @@ class Autoregressive(Paradigm):
             if k == N - 1:
                 break
             tok = (code + lo).repeat(R // B)[:, None]          # (R, 1) same code in both halves
-            logits = model.decode_logits(tok, where[:, k:k + 1], slots, cache, T + k,
-                                         lo, hi)               # (R, K)
+            logits = model.decode_logits(tok, where[:, k:k + 1], slots, cache, step, lo, hi)
+            step += 1
+            if v.row_end is not None and (k + 1) % v.grid[1] == 0:
+                end = torch.full_like(tok, v.row_end)
+                p = (where[:, k:k + 1, :1] + 1).expand(R, 1, 3)      # text-like (t, t, t)
+                logits = model.decode_logits(end, p, slots, cache, step, lo, hi)
+                step += 1
         return codes

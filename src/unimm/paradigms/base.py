@@ -77,6 +77,21 @@ def format_turn(v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
     return b.build()
 
 
+class Layout:
+    """How a turn becomes a token sequence: ours is `format_turn`. A released checkpoint
+    brings its own chat format (runs/families: Janus's "<|User|>: ...", Emu3's "USER: ...
+    ASSISTANT:"), set as the paradigm's `layout`; the trainer, samplers and Pipeline only ever
+    ask the layout, so a checkpoint runs on the same engine."""
+
+    def __call__(self, v: Vocab, turn: Turn, with_target: bool = True) -> Packed:
+        return format_turn(v, turn, with_target)
+
+    def uncond(self, v: Vocab, turn: Turn, with_target: bool = False) -> Packed | None:
+        """The guidance twin of a generation turn when the format defines one (Emu3's
+        negative prompt); None: the paradigm's own rule (ARConfig.uncond)."""
+        return None
+
+
 def drop_condition(turn: Turn) -> Turn:
     """The unconditional twin of a generation turn, for classifier-free guidance: the text is
     dropped (every follow-up edit's instruction too), an input image (editing) is kept."""
@@ -128,6 +143,7 @@ class Paradigm:
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
+        self.layout = Layout()
 
     # ---- construction -------------------------------------------------------------------------
     def attach(self, model: TokenModel, image_tok) -> None:
@@ -183,7 +199,7 @@ class Paradigm:
 
     # ---- training -----------------------------------------------------------------------------
     def format(self, turn: Turn, rng: random.Random) -> Packed:
-        return format_turn(self.vocab, turn)
+        return self.layout(self.vocab, turn)
 
     def make_batch(self, turns: list[Turn], rng: random.Random) -> Batch:
         """Training batch from turns: format each, right-pad, attach extras_for(turns)."""
@@ -221,7 +237,7 @@ class Paradigm:
         (text tokens + <eos>), batched over rows with left padding. `on_token` receives each
         step's tokens, one per row (None for rows that already ended), as they are decoded."""
         v = self.vocab
-        prefixes = [format_turn(v, t, with_target=False) for t in turns]
+        prefixes = [self.layout(v, t, with_target=False) for t in turns]
         dev = next(model.parameters()).device
         batch = collate(prefixes, v.pad, left=True).to(dev)
         tokens, pos, valid = batch.tokens, batch.pos, batch.valid

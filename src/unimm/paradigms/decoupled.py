@@ -87,6 +87,9 @@ class Decoupled(Autoregressive):
     def __init__(self, vocab: Vocab, cfg: DecoupledConfig | None = None):
         self.dcfg = cfg or DecoupledConfig()
         super().__init__(vocab, self.dcfg.ar)
+        # the input images' side in pixels; a released checkpoint's encoder sets its own
+        # (runs/families: Janus's SigLIP reads 384 x 384)
+        self.input_size = self.dcfg.encoder.image_size
 
     # ---- construction -------------------------------------------------------------------------
     def attach(self, model: TokenModel, image_tok) -> None:
@@ -113,7 +116,7 @@ class Decoupled(Autoregressive):
 
     def extras_for(self, turns: list[Turn]) -> dict:
         """pixels (B, H, W, 3) uint8 (zeros where a turn has no input image), has_image (B,)."""
-        s = self.dcfg.encoder.image_size
+        s = self.input_size
         pixels = np.zeros((len(turns), s, s, 3), np.uint8)
         has = torch.zeros(len(turns), dtype=torch.bool)
         for b, t in enumerate(turns):
@@ -130,7 +133,10 @@ class Decoupled(Autoregressive):
 
     # ---- the one thing that differs from `ar` -------------------------------------------------
     def input_span(self, tokens: Tensor, has_image: Tensor) -> Tensor:
-        """(B, T) bool: the input image's codes = the first N codes of rows with an input image."""
+        """(B, T) bool: the input image's positions in rows with an input image: the first N
+        codes, or (a vocabulary with an image placeholder, as Janus's) the placeholders."""
+        if self.vocab.has("<image>"):
+            return (tokens == self.vocab.special("<image>")) & has_image[:, None]
         is_code = tokens >= self.vocab.code_start
         return is_code & (is_code.cumsum(1) <= self.vocab.n_image) & has_image[:, None]
 

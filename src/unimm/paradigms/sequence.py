@@ -38,15 +38,40 @@ SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<user
 
 @dataclass(frozen=True)
 class Vocab:
+    """Token ids. Ours: [text | SPECIALS | image codes]. A released checkpoint's vocabulary
+    (runs/families) keeps its own ids: `ids` maps special roles ("bos", "eos", "pad", "boi",
+    "eoi", "image" for an input-image placeholder, ...) to ids inside its text vocabulary, and
+    its image codes start at `first_code` (Janus: after the text, read through the generation
+    embeddings; Emu3: visual tokens at the end of one shared vocabulary). `row_end`: a token
+    written after each row of an image's codes (Emu3's end of line), or None."""
+
     n_text: int
     n_codes: int
     grid: tuple[int, int]              # (h, w) codes per image
+    ids: tuple[tuple[str, int], ...] | None = None
+    first_code: int | None = None
+    row_end: int | None = None
 
     def special(self, name: str) -> int:
-        return self.n_text + SPECIALS.index(name)
+        if self.ids is None:
+            return self.n_text + SPECIALS.index(name)
+        role = name.strip("<>")
+        for r, i in self.ids:
+            if r == role:
+                return i
+        raise ValueError(f"this vocabulary has no {name} token (it has: "
+                         f"{', '.join(r for r, _ in self.ids)})")
+
+    def has(self, name: str) -> bool:
+        """Whether the vocabulary defines the special token `name` ("<boi>", "<image>")."""
+        if self.ids is None:
+            return name in SPECIALS
+        return any(r == name.strip("<>") for r, _ in self.ids)
 
     @property
     def code_start(self) -> int:
+        if self.first_code is not None:
+            return self.first_code
         return self.n_text + len(SPECIALS)
 
     @property
@@ -58,9 +83,19 @@ class Vocab:
         return self.grid[0] * self.grid[1]
 
     @property
+    def image_len(self) -> int:
+        """Sequence positions one image's codes take (with a row end after every row but the
+        last, when the layout has one)."""
+        return self.n_image + (self.grid[0] - 1 if self.row_end is not None else 0)
+
+    @property
     def text_end(self) -> int:
         """Text + specials: the slice text decoding samples from."""
         return self.code_start
+
+    def code_index(self, t0, k: int):
+        """The sequence index of an image's k-th code whose first code sits at t0."""
+        return t0 + k + (k // self.grid[1] if self.row_end is not None else 0)
 
     pad = property(lambda self: self.special("<pad>"))
     bos = property(lambda self: self.special("<bos>"))

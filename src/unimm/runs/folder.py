@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,12 @@ class Parts:
     image_tok: ImageTokenizer
     model: TokenModel
     paradigm: Paradigm
+    # a released checkpoint's family (runs/families) or None for our own runs
+    family: str | None = None
+    # what input images go through before the model reads them (uint8 (H, W, 3) of any size
+    # -> the model's input size, as the checkpoint's image processor resizes); None: they
+    # must already have the world's size
+    prepare: Callable | None = None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -4,7 +4,8 @@ as a parameter annotated `ServiceDep` (FastAPI's `Depends`, read from `app.state
 routers are module-level and hold no per-app closures.
 
 The server sees the model only through `Pipeline`'s public surface: `answer` / `draw` (in the
-batcher), `count_tokens`, `text_stream`, `default_sampling` and the model's description
+batcher), `count_tokens`, `text_stream`, `default_sampling` (images), `default_text_sampling`
+(answers) and the model's description
 (`name`, `paradigm_name`, `image_size`, `accepts_gray`, `image_tokens`).
 """
 
@@ -50,8 +51,11 @@ class Service:
             raise ApiError(400, str(e), param=what) from None
         return text
 
-    def sampling(self, temperature=None, top_p=None) -> SamplingConfig:
-        d = self.pipe.default_sampling
+    def sampling(self, temperature=None, top_p=None, text: bool = False) -> SamplingConfig:
+        """A request's sampling: unset options take the run's image defaults, or for answers
+        (`text`) Pipeline.answer's greedy default (a released checkpoint's image preset
+        samples at temperature 1; its answers, like ours, are greedy unless asked)."""
+        d = self.pipe.default_text_sampling if text else self.pipe.default_sampling
         try:
             return SamplingConfig(d.temperature if temperature is None else temperature, d.top_k,
                                   d.top_p if top_p is None else top_p)

@@ -40,7 +40,7 @@ async def chat(req: ChatRequest, svc: ServiceDep):
     if max_new > s.max_tokens:
         raise ApiError(400, f"max_tokens {max_new} is over this server's limit of "
                        f"{s.max_tokens}", param="max_tokens")
-    sam = svc.sampling(req.temperature, req.top_p)
+    sam = svc.sampling(req.temperature, req.top_p, text=True)
     args = dict(max_new=max_new, sampling=sam, seed=req.seed)
     key = (max_new, sam)
     cid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
