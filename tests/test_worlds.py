@@ -69,8 +69,9 @@ def test_what_the_worlds_supply():
     with pytest.raises(ValueError, match="image_size"):
         DataConfig(world=WorldConfig(image_size=16))              # ShapesWorld needs >= 32
     assert DataConfig(dataset="digits", world=WorldConfig(image_size=16)).world.image_size == 16
-    with pytest.raises(ValueError, match="data.manifest"):
-        DataConfig(dataset="manifest")
+    unset = make_world(DataConfig(dataset="manifest"))   # loads (a released checkpoint reads
+    with pytest.raises(ValueError, match="data.manifest"):  # no data), refuses to read a split
+        unset.source("train")
     with pytest.raises(ValueError, match="dataset = 'manifest' only"):
         DataConfig(manifest="x.jsonl")
 

@@ -37,6 +37,7 @@ from ..paradigms.base import Turn, format_turn
 from ..paradigms.sequence import SPECIALS, Vocab, collate
 from ..pipeline import default_run_dir
 from ..runs import build_parts, load_config, load_run, save_config, save_run_weights
+from ..runs.families import janus_names
 from ..tokenizers.image import load_image_tokenizer
 from ..tokenizers.text import TextTokenizer
 
@@ -111,58 +112,18 @@ def janus_config(cfg, vocab: Vocab, image_size: int):
                        image_token_id=vocab.special("<mask>"), tie_word_embeddings=False)
 
 
-def _blocks(n_layers: int):
-    for i in range(n_layers):
-        yield f"backbone.blocks.{i}.", f"model.language_model.layers.{i}."
-
-
-def _same_tensors(n_layers: int) -> list[tuple[str, str]]:
-    """(our name, transformers' name) of every tensor that maps unchanged; the fused
-    projections (qkv, gate_up) are split / joined by the converters themselves."""
-    pairs = [("embed.weight", "model.language_model.embed_tokens.weight"),
-             ("head.weight", "lm_head.weight"),
-             ("backbone.norm.weight", "model.language_model.norm.weight"),
-             ("codes.embed.weight", "model.generation_embeddings.weight")]
-    for ours, theirs in (("codes.align_in", "model.generation_aligner.fc1"),
-                         ("codes.align_out", "model.generation_aligner.hidden_layers.0"),
-                         ("codes.head_in", "model.generation_head.proj_out"),
-                         ("codes.head_out", "model.generation_head.vision_head")):
-        pairs += [(f"{ours}.weight", f"{theirs}.weight"), (f"{ours}.bias", f"{theirs}.bias")]
-    for a, b in _blocks(n_layers):
-        pairs += [(a + "attn_norm.weight", b + "input_layernorm.weight"),
-                  (a + "mlp_norm.weight", b + "post_attention_layernorm.weight"),
-                  (a + "attn.proj.weight", b + "self_attn.o_proj.weight"),
-                  (a + "mlp.down.weight", b + "mlp.down_proj.weight")]
-    return pairs
-
-
 def to_janus_state(state: dict[str, Tensor], cfg, vocab: Vocab) -> dict[str, Tensor]:
     """Our TokenModel state dict -> the language-model and generation-head part of a Janus
-    state dict (transformers names)."""
-    m = cfg.model
-    rows = [m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim, m.n_kv_heads * m.head_dim]
-    out = {theirs: state[ours] for ours, theirs in _same_tensors(m.n_layers)}
-    for a, b in _blocks(m.n_layers):
-        for p, w in zip("qkv", state[a + "attn.qkv.weight"].split(rows)):
-            out[b + f"self_attn.{p}_proj.weight"] = w
-        gate, up = state[a + "mlp.gate_up.weight"].chunk(2)
-        out[b + "mlp.gate_proj.weight"], out[b + "mlp.up_proj.weight"] = gate, up
-    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+    state dict (transformers names; runs/families/janus_names.py)."""
+    return janus_names.to_janus_state(state, cfg.model)
 
 
 def from_janus_state(state: dict[str, Tensor], cfg) -> dict[str, Tensor]:
     """The inverse of to_janus_state (Janus's vision encoder and VQ-VAE are not read)."""
-    m = cfg.model
     try:
-        out = {ours: state[theirs] for ours, theirs in _same_tensors(m.n_layers)}
-        for a, b in _blocks(m.n_layers):
-            out[a + "attn.qkv.weight"] = torch.cat([state[b + f"self_attn.{p}_proj.weight"]
-                                                    for p in "qkv"])
-            out[a + "mlp.gate_up.weight"] = torch.cat([state[b + "mlp.gate_proj.weight"],
-                                                       state[b + "mlp.up_proj.weight"]])
+        return janus_names.from_janus_state(state, cfg.model)
     except KeyError as e:
         raise ConversionError(f"not a Janus checkpoint of this shape: missing {e.args[0]}") from None
-    return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
 def _check_convertible(parts) -> None:

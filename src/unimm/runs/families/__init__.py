@@ -3,6 +3,7 @@ our modules (FAMILIES; one module each), so the same sampler, caches, compiled d
 trainer and server run it.
 
 janus.py   Janus / Janus-Pro (`model_type: janus`): answers and draws
+janus_names.py  our tensor names <-> transformers' Janus names (also used by interop/janus.py)
 emu3.py    Emu3 (`model_type: emu3`; Gen and Chat): draws on a constrained grid, answers
 common.py  errors, weights of a folder (safetensors, sharded or not), dtypes
 """

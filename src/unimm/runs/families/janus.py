@@ -43,6 +43,7 @@ from ...utils.io import read_json
 from ..config import EvalConfig, RunConfig
 from ..folder import Parts
 from .common import FamilyError, load_state, need_transformers, torch_dtype
+from .janus_names import from_janus_state
 
 SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand "
                  "the visual content that the user provides, and assist the user with a "
@@ -243,11 +244,13 @@ def _state_for(model: TokenModel, paradigm, vq: JanusVQ, state: dict[str, Tensor
                n_layers: int) -> None:
     """Load transformers-named tensors into our modules (strict: every tensor used, every
     parameter filled)."""
-    from ...interop.janus import from_janus_state
-    cfg = type("C", (), {"model": model.cfg})
     if "lm_head.weight" not in state:                      # tied (JanusConfig's default)
         state = {**state, "lm_head.weight": state["model.language_model.embed_tokens.weight"]}
-    ours = from_janus_state(state, cfg)
+    try:
+        ours = from_janus_state(state, model.cfg)
+    except KeyError as e:
+        raise FamilyError(f"not a Janus checkpoint of its config's shape: missing "
+                          f"{e.args[0]}") from None
     enc = {f"extras.encoder.tower.{k[len('model.vision_model.'):]}": v
            for k, v in state.items() if k.startswith("model.vision_model.")}
     for theirs, mine in (("model.aligner.fc1", "extras.aligner.0"),
