@@ -33,6 +33,9 @@ def image_grid(images, captions, path, ncols: int | None = None, title: str | No
     n = len(images)
     ncols = ncols or min(n, 8)
     nrows = math.ceil(n / ncols)
+    # a model's text may hold control characters no font draws: shown as "?"
+    captions = ["".join(ch if ch.isprintable() or ch == "\n" else "?" for ch in c)
+                for c in captions]
     lines = [textwrap.fill(c, wrap).replace("\n\n", "\n") for c in captions]
     h, w = np.asarray(images[0]).shape[:2]
     img_h = 1.7                                        # inches per image row
